@@ -1,0 +1,130 @@
+"""Guards against silent failure: a memory budget for dense results and finiteness checks.
+
+The memory budget defaults to 4 GiB. Change it for a block of code with :func:`memory_budget`, for the
+process with :func:`set_memory_budget`, or with the environment variable ``CURVLAB_MEMORY_BUDGET``
+(bytes, or a number with a ``K``/``M``/``G`` suffix).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from curvlab.errors import MemoryBudgetError, NonFiniteError
+
+__all__ = [
+    "check_dense_allocation",
+    "check_finite",
+    "format_bytes",
+    "get_memory_budget",
+    "memory_budget",
+    "set_memory_budget",
+]
+
+_DEFAULT_BUDGET = 4 * 2**30
+_budget_override: int | None = None
+
+
+def _parse_bytes(text: str) -> int:
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in "KMGT" else text
+    return int(float(number) * scale)
+
+
+def get_memory_budget() -> int:
+    """Return the current budget in bytes for a single dense allocation.
+
+    Example:
+        >>> get_memory_budget() > 0
+        True
+    """
+    if _budget_override is not None:
+        return _budget_override
+    env = os.environ.get("CURVLAB_MEMORY_BUDGET")
+    return _parse_bytes(env) if env else _DEFAULT_BUDGET
+
+
+def set_memory_budget(num_bytes: int | None) -> None:
+    """Set the process-wide budget in bytes; ``None`` restores the default (or the environment's).
+
+    Example:
+        >>> set_memory_budget(2**20); get_memory_budget()
+        1048576
+        >>> set_memory_budget(None)
+    """
+    global _budget_override
+    if num_bytes is not None and num_bytes <= 0:
+        raise ValueError(f"memory budget must be positive, got {num_bytes}")
+    _budget_override = num_bytes
+
+
+@contextlib.contextmanager
+def memory_budget(num_bytes: int) -> Iterator[None]:
+    """Temporarily set the memory budget.
+
+    Example:
+        >>> with memory_budget(10):
+        ...     check_dense_allocation((100, 100), torch.float64, "ggn")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        curvlab.errors.MemoryBudgetError: ggn: a dense [100, 100] float64 matrix needs 78.1 KiB, ...
+    """
+    global _budget_override
+    previous = _budget_override
+    set_memory_budget(num_bytes)
+    try:
+        yield
+    finally:
+        _budget_override = previous
+
+
+def format_bytes(num_bytes: float) -> str:
+    """Human-readable size, e.g. ``format_bytes(3 * 2**30) == '3.0 GiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(num_bytes) < 1024 or unit == "TiB":
+            return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+        num_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_dense_allocation(shape: Sequence[int], dtype: torch.dtype, what: str) -> None:
+    """Raise :class:`MemoryBudgetError` if a tensor of ``shape`` and ``dtype`` exceeds the budget.
+
+    Call this *before* allocating. ``what`` names the quantity in the message.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    needed = math.prod(int(s) for s in shape) * itemsize
+    budget = get_memory_budget()
+    if needed > budget:
+        dims = ", ".join(str(int(s)) for s in shape)
+        raise MemoryBudgetError(
+            f"{what}: a dense [{dims}] {str(dtype).removeprefix('torch.')} matrix needs "
+            f"{format_bytes(needed)}, over the memory budget of {format_bytes(budget)}. "
+            "Use a matrix-free operator or a block/diagonal/Kronecker representation, or raise the "
+            "budget with curvlab.memory_budget(...)."
+        )
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    """Return ``tensor`` unchanged, or raise :class:`NonFiniteError` naming ``what`` if it holds NaN/inf.
+
+    Example:
+        >>> check_finite(torch.tensor([1.0, float("nan")]), "diag_ggn")
+        Traceback (most recent call last):
+        ...
+        curvlab.errors.NonFiniteError: diag_ggn contains 1 NaN and 0 inf entries (of 2)
+    """
+    if tensor.is_floating_point() or tensor.is_complex():
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            nans = int(torch.isnan(tensor).sum())
+            infs = int((~finite).sum()) - nans
+            raise NonFiniteError(
+                f"{what} contains {nans} NaN and {infs} inf entries (of {tensor.numel()})"
+            )
+    return tensor

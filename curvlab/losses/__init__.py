@@ -1,0 +1,311 @@
+"""Loss adapters: per-sample output Hessians, their square roots and predictive sampling.
+
+For a loss ``loss_fn`` with reduction ``r`` on model outputs f ∈ R^{N×C} (C = all non-batch entries,
+flattened), every supported loss is
+
+    L = (1/Z) Σ_n ℓ(f_n, y_n),      Z = N (CE mean), N·C (MSE/BCE mean), 1 (sum),
+
+where ℓ sums over the sample's output entries. An adapter gives, per sample and *unscaled by 1/Z*:
+
+* ``output_hessian``   H_n = ∂²ℓ/∂f_n²                                        [N, C, C]
+* ``sqrt_hessian``     S_n with S_n S_nᵀ = H_n                                 [N, C, C]
+* ``sample_targets``   ŷ ~ p(y | f_n), so that E[∇ℓ(f, ŷ) ∇ℓ(f, ŷ)ᵀ] = H_n      [M, N, ...]
+* ``sqrt_hessian_mc``  columns ∇_f ℓ(f_n, ŷ_m)/√M, an unbiased MC square root   [N, C, M]
+
+and ``normalizer(outputs) = Z``. Curvature matrices over several batches are combined as
+Σ_b Z_b M_b / Σ_b Z_b (mean) or Σ_b M_b (sum), which is exact: the batches behave as one.
+
+========================  =======================  =====================  ===========================
+loss                      H_n                       S_n                    predictive distribution
+========================  =======================  =====================  ===========================
+``MSELoss``               2 I                       √2 I                   N(f_n, ½ I)
+``CrossEntropyLoss``      diag(p) − p pᵀ            diag(√p) − p √pᵀ       Categorical(softmax f_n)
+``BCEWithLogitsLoss``     diag(σ(1−σ))              diag(√(σ(1−σ)))        Bernoulli(σ(f_n))
+========================  =======================  =====================  ===========================
+
+Because all three are canonical-link (exponential-family) losses, the Fisher equals the GGN.
+
+Example:
+    >>> import torch
+    >>> adapter = loss_adapter(torch.nn.CrossEntropyLoss())
+    >>> f = torch.randn(4, 3, dtype=torch.float64)
+    >>> s = adapter.sqrt_hessian(f)
+    >>> torch.allclose(s @ s.transpose(1, 2), adapter.output_hessian(f))
+    True
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from curvlab.errors import UnsupportedLossError
+
+__all__ = [
+    "BCEWithLogitsAdapter",
+    "CrossEntropyAdapter",
+    "LossAdapter",
+    "MSEAdapter",
+    "combine_weight",
+    "loss_adapter",
+]
+
+
+class LossAdapter(ABC):
+    """Curvature-relevant facts about one supported loss module (see the module docstring)."""
+
+    def __init__(self, loss_fn: nn.Module):
+        self.loss_fn = loss_fn
+        self.reduction = getattr(loss_fn, "reduction", None)
+        if self.reduction not in ("mean", "sum"):
+            raise UnsupportedLossError(
+                f"{type(loss_fn).__qualname__}(reduction={self.reduction!r}) is not supported: "
+                "use reduction 'mean' or 'sum'"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"{type(self.loss_fn).__qualname__}(reduction={self.reduction!r})"
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The scalar loss, exactly ``loss_fn(outputs, targets)``."""
+        self.check(outputs, targets)
+        return self.loss_fn(outputs, targets)
+
+    def check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Raise if ``outputs``/``targets`` have shapes or values this adapter cannot handle."""
+        if outputs.ndim < 2:
+            raise UnsupportedLossError(
+                f"{self.name}: model outputs must be [N, ...] with a batch dimension, got {tuple(outputs.shape)}"
+            )
+
+    def normalizer(self, outputs: torch.Tensor) -> int:
+        """Z, the denominator of the reduction: L = (1/Z) Σ_n ℓ_n."""
+        if self.reduction == "sum":
+            return 1
+        return outputs.shape[0] if self.per_sample_mean_only else outputs[0].numel() * outputs.shape[0]
+
+    #: ``True`` if reduction 'mean' divides by N only (CrossEntropy), ``False`` if by all entries.
+    per_sample_mean_only = False
+
+    def scale(self, outputs: torch.Tensor) -> float:
+        """1/Z."""
+        return 1.0 / self.normalizer(outputs)
+
+    def num_outputs(self, outputs: torch.Tensor) -> int:
+        """C, the number of output entries per sample."""
+        return outputs[0].numel()
+
+    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """ℓ_n, [N], unscaled: the loss equals ``per_sample_loss(...).sum() / normalizer(outputs)``."""
+        self.check(outputs, targets)
+        return self._per_sample_loss(outputs.flatten(1), self._flat_targets(targets, outputs))
+
+    def output_gradient(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """∂ℓ_n/∂f_n, [N, C], unscaled."""
+        self.check(outputs, targets)
+        return self._output_gradient(outputs.flatten(1), self._flat_targets(targets, outputs))
+
+    @abstractmethod
+    def output_hessian(self, outputs: torch.Tensor) -> torch.Tensor:
+        """H_n = ∂²ℓ_n/∂f_n², [N, C, C], unscaled."""
+
+    @abstractmethod
+    def sqrt_hessian(self, outputs: torch.Tensor) -> torch.Tensor:
+        """S_n, [N, C, C], with S_n S_nᵀ = H_n, unscaled."""
+
+    @abstractmethod
+    def sample_targets(
+        self, outputs: torch.Tensor, mc_samples: int = 1, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``mc_samples`` draws from the model's predictive distribution, [M, *targets.shape]."""
+
+    def sqrt_hessian_mc(
+        self, outputs: torch.Tensor, mc_samples: int = 1, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """[N, C, M]: columns ∇_f ℓ(f_n, ŷ_m)/√M with ŷ_m sampled, so E[S Sᵀ] = H_n."""
+        if mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        outputs = outputs.detach()
+        samples = self.sample_targets(outputs, mc_samples, generator)
+        grads = torch.stack([self.output_gradient(outputs, y) for y in samples], dim=-1)
+        return grads / mc_samples**0.5
+
+    # ---------------------------------------------------------------- subclass hooks
+    def _flat_targets(self, targets: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        return targets.reshape(outputs.shape[0], -1)
+
+    @abstractmethod
+    def _per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def _output_gradient(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+
+class MSEAdapter(LossAdapter):
+    """``nn.MSELoss``: ℓ_n = ‖f_n − y_n‖², H_n = 2I."""
+
+    def check(self, outputs, targets):
+        super().check(outputs, targets)
+        if targets.shape != outputs.shape:
+            raise UnsupportedLossError(
+                f"{self.name}: targets {tuple(targets.shape)} must match outputs {tuple(outputs.shape)} "
+                "(no broadcasting)"
+            )
+
+    def _per_sample_loss(self, outputs, targets):
+        return (outputs - targets).pow(2).sum(1)
+
+    def _output_gradient(self, outputs, targets):
+        return 2 * (outputs - targets)
+
+    def output_hessian(self, outputs):
+        n, c = outputs.shape[0], self.num_outputs(outputs)
+        eye = torch.eye(c, dtype=outputs.dtype, device=outputs.device)
+        return (2 * eye).expand(n, c, c).clone()
+
+    def sqrt_hessian(self, outputs):
+        return self.output_hessian(outputs) / 2**0.5
+
+    def sample_targets(self, outputs, mc_samples=1, generator=None):
+        noise = torch.randn(
+            (mc_samples, *outputs.shape), dtype=outputs.dtype, device=outputs.device, generator=generator
+        )
+        return outputs.detach() + noise * 0.5**0.5
+
+
+class CrossEntropyAdapter(LossAdapter):
+    """``nn.CrossEntropyLoss`` with class-index targets: ℓ_n = −log softmax(f_n)_{y_n}."""
+
+    per_sample_mean_only = True
+
+    def __init__(self, loss_fn: nn.CrossEntropyLoss):
+        super().__init__(loss_fn)
+        if loss_fn.weight is not None:
+            raise UnsupportedLossError(f"{self.name}: class weights (weight=...) are not supported")
+        if loss_fn.label_smoothing != 0.0:
+            raise UnsupportedLossError(
+                f"{self.name}: label_smoothing={loss_fn.label_smoothing} is not supported"
+            )
+
+    def check(self, outputs, targets):
+        super().check(outputs, targets)
+        if outputs.ndim != 2:
+            raise UnsupportedLossError(
+                f"{self.name}: outputs must be [N, C] logits, got {tuple(outputs.shape)}"
+            )
+        if targets.is_floating_point() or targets.shape != outputs.shape[:1]:
+            raise UnsupportedLossError(
+                f"{self.name}: targets must be [N] class indices, got {tuple(targets.shape)} {targets.dtype}"
+            )
+        if bool((targets == self.loss_fn.ignore_index).any()):
+            raise UnsupportedLossError(
+                f"{self.name}: targets use ignore_index={self.loss_fn.ignore_index}, which is not supported"
+            )
+
+    def _flat_targets(self, targets, outputs):
+        return targets
+
+    def _per_sample_loss(self, outputs, targets):
+        return -outputs.log_softmax(1).gather(1, targets[:, None]).squeeze(1)
+
+    def _output_gradient(self, outputs, targets):
+        return outputs.softmax(1) - F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
+
+    def output_hessian(self, outputs):
+        p = outputs.softmax(1)
+        return torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+
+    def sqrt_hessian(self, outputs):
+        p = outputs.softmax(1)
+        sqrt_p = p.sqrt()
+        return torch.diag_embed(sqrt_p) - p[:, :, None] * sqrt_p[:, None, :]
+
+    def sample_targets(self, outputs, mc_samples=1, generator=None):
+        p = outputs.detach().softmax(1)
+        draws = torch.multinomial(p, mc_samples, replacement=True, generator=generator)  # [N, M]
+        return draws.T.contiguous()
+
+
+class BCEWithLogitsAdapter(LossAdapter):
+    """``nn.BCEWithLogitsLoss``: ℓ_n = Σ_d softplus(f_nd) − y_nd f_nd, H_n = diag(σ(1−σ))."""
+
+    def __init__(self, loss_fn: nn.BCEWithLogitsLoss):
+        super().__init__(loss_fn)
+        if loss_fn.weight is not None:
+            raise UnsupportedLossError(f"{self.name}: weight=... is not supported")
+        if loss_fn.pos_weight is not None:
+            raise UnsupportedLossError(f"{self.name}: pos_weight=... is not supported")
+
+    def check(self, outputs, targets):
+        super().check(outputs, targets)
+        if targets.shape != outputs.shape:
+            raise UnsupportedLossError(
+                f"{self.name}: targets {tuple(targets.shape)} must match outputs {tuple(outputs.shape)}"
+            )
+
+    def _per_sample_loss(self, outputs, targets):
+        return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype), reduction="none").sum(1)
+
+    def _output_gradient(self, outputs, targets):
+        return outputs.sigmoid() - targets.to(outputs.dtype)
+
+    def output_hessian(self, outputs):
+        s = outputs.flatten(1).sigmoid()
+        return torch.diag_embed(s * (1 - s))
+
+    def sqrt_hessian(self, outputs):
+        s = outputs.flatten(1).sigmoid()
+        return torch.diag_embed((s * (1 - s)).sqrt())
+
+    def sample_targets(self, outputs, mc_samples=1, generator=None):
+        p = outputs.detach().sigmoid().expand(mc_samples, *outputs.shape)
+        return torch.bernoulli(p, generator=generator)
+
+
+_ADAPTERS: dict[type, type[LossAdapter]] = {
+    nn.MSELoss: MSEAdapter,
+    nn.CrossEntropyLoss: CrossEntropyAdapter,
+    nn.BCEWithLogitsLoss: BCEWithLogitsAdapter,
+}
+
+
+def loss_adapter(loss_fn: nn.Module | LossAdapter) -> LossAdapter:
+    """The adapter for ``loss_fn``; raises :class:`UnsupportedLossError` naming anything unsupported.
+
+    Example:
+        >>> loss_adapter(torch.nn.MSELoss(reduction="sum")).normalizer(torch.zeros(5, 2))
+        1
+        >>> loss_adapter(torch.nn.L1Loss())
+        Traceback (most recent call last):
+        ...
+        curvlab.errors.UnsupportedLossError: torch.nn.modules.loss.L1Loss is not supported: use MSELoss, CrossEntropyLoss or BCEWithLogitsLoss
+    """
+    if isinstance(loss_fn, LossAdapter):
+        return loss_fn
+    adapter = _ADAPTERS.get(type(loss_fn))
+    if adapter is None:
+        qualname = f"{type(loss_fn).__module__}.{type(loss_fn).__qualname__}"
+        raise UnsupportedLossError(
+            f"{qualname} is not supported: use MSELoss, CrossEntropyLoss or BCEWithLogitsLoss"
+        )
+    return adapter(loss_fn)
+
+
+def combine_weight(normalizers: list[int] | tuple[int, ...], reduction: str) -> list[float]:
+    """Weights w_b so that Σ_b w_b M_b equals the matrix of all batches as one (see module docstring).
+
+    Example:
+        >>> combine_weight([32, 32], "mean"), combine_weight([32, 32], "sum")
+        ([0.5, 0.5], [1.0, 1.0])
+    """
+    if reduction == "sum":
+        return [1.0] * len(normalizers)
+    total = sum(normalizers)
+    return [z / total for z in normalizers]

@@ -60,7 +60,10 @@ _PUBLIC: dict[str, str] = {
     "EmpiricalFisherOperator": "curvlab.operators",
     "ComplexStepHessianOperator": "curvlab.operators",
 }
-_SUBMODULES = ("reference", "spectra", "analysis", "optim", "repr", "engine", "operators", "summary")
+_SUBMODULES = (
+    "reference", "spectra", "analysis", "optim", "repr", "engine", "operators", "summary",
+    "datasets", "models", "provenance", "losses", "partition", "data", "io", "guards", "errors",
+)
 
 __all__ = sorted([*_PUBLIC, *_SUBMODULES, "__version__"])
 

@@ -43,12 +43,12 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(quantities) - set(REFERENCES))
     if unknown or not quantities:
         raise ValueError(f"unknown quantities {unknown}; choose from {', '.join(REFERENCES)}")
-    out = prepare_output(args.out, args.overwrite)
     data, model, loss_fn = build_setup(args)
+    partition = curvlab.Partition.from_model(model, args.partition)
+    out = prepare_output(args.out, args.overwrite)
     train_sgd(model, loss_fn, data.train, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
               progress=args.progress)
     inputs, targets = data.train[0][: args.samples], data.train[1][: args.samples]
-    partition = curvlab.Partition.from_model(model, args.partition)
     config = {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list, tuple)) else v)
               for k, v in vars(args).items() if k != "run"}
     attrs = curvlab.provenance.provenance(model=model, loss_fn=loss_fn, batch_size=len(inputs),

@@ -129,10 +129,20 @@ class LossAdapter(ABC):
         """[N, C, M]: columns ∇_f ℓ(f_n, ŷ_m)/√M with ŷ_m sampled, so E[S Sᵀ] = H_n."""
         if mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        if outputs.ndim < 2:
+            raise UnsupportedLossError(
+                f"{self.name}: model outputs must be [N, ...] with a batch dimension, got {tuple(outputs.shape)}"
+            )
         outputs = outputs.detach()
-        samples = self.sample_targets(outputs, mc_samples, generator)
-        grads = torch.stack([self.output_gradient(outputs, y) for y in samples], dim=-1)
-        return grads / mc_samples**0.5
+        samples = self.sample_targets(outputs, mc_samples, generator)  # [M, N, ...]
+        # Sampled targets come from the model, not the user: no target checks (a CrossEntropyLoss
+        # ignore_index that is a valid class may be drawn, and must count like any other class).
+        flat = outputs.flatten(1)
+        num, classes = flat.shape
+        tiled = flat.expand(mc_samples, num, classes).reshape(mc_samples * num, classes)
+        flat_samples = self._flat_targets(samples.reshape(mc_samples * num, *samples.shape[2:]), tiled)
+        grads = self._output_gradient(tiled, flat_samples).reshape(mc_samples, num, classes)
+        return grads.permute(1, 2, 0) / mc_samples**0.5
 
     # ---------------------------------------------------------------- subclass hooks
     def _flat_targets(self, targets: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
@@ -200,7 +210,12 @@ class CrossEntropyAdapter(LossAdapter):
             raise UnsupportedLossError(
                 f"{self.name}: outputs must be [N, C] logits, got {tuple(outputs.shape)}"
             )
-        if targets.is_floating_point() or targets.shape != outputs.shape[:1]:
+        if targets.is_floating_point():
+            raise UnsupportedLossError(
+                f"{self.name}: soft (class-probability) targets {tuple(targets.shape)} {targets.dtype} are "
+                "not supported: use [N] class indices"
+            )
+        if targets.shape != outputs.shape[:1]:
             raise UnsupportedLossError(
                 f"{self.name}: targets must be [N] class indices, got {tuple(targets.shape)} {targets.dtype}"
             )

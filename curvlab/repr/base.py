@@ -148,7 +148,8 @@ class CurvatureRepresentation(ABC):
 
     # ------------------------------------------------------------------ helpers
     def _export_attrs(self) -> dict[str, Any]:
-        attrs = {k: v for k, v in self.attrs.items() if v is not None}
+        # str subclasses (e.g. torch.__version__, a TorchVersion) become plain str: HDF5 cannot store them.
+        attrs = {k: str(v) if isinstance(v, str) else v for k, v in self.attrs.items() if v is not None}
         attrs.update(
             curvlab_kind=self.kind,
             quantity=self.quantity,

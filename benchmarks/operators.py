@@ -1,0 +1,147 @@
+"""Cost of matrix-free curvature products, as a ratio to one gradient (forward + backward).
+
+Setting (issue 4): MLP 784-256-256-10 with sigmoid activations, cross-entropy, batch 128, float32, CPU.
+Each row is the median over ``--repeats`` timings of one product (after two warm-up calls); the ratio
+divides by the median time of one forward + backward pass (``torch.autograd.grad`` of the loss).
+Rows: curvlab's GGN (cached / uncached), Hessian (double backward cached / uncached, forward-over-reverse),
+MC Fisher, empirical Fisher (both strategies), complex step (complex64: for timing only), and the peers
+BackPACK (``backpack.hessianfree``: ggn_vector_product, hessian_vector_product), curvlinops
+(``GGNLinearOperator``, ``HessianLinearOperator``) and nngeometry (``FIM`` with ``PMatImplicit``).
+
+Usage: ``python benchmarks/operators.py [--quick] [--repeats R] [--batch-size N] [--threads T]``.
+``--quick`` (smoke test) uses a small model and few repeats. Timings on a shared machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from curvlab.models import mlp
+from curvlab.operators import (
+    ComplexStepHessianOperator,
+    EmpiricalFisherOperator,
+    FisherMCOperator,
+    GGNOperator,
+    HessianOperator,
+)
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peer_rows(model, loss_fn, x, y, v_list, v_flat) -> dict[str, Callable[[], object]]:
+    """Products of the peer libraries, each recomputing its forward pass as its API requires."""
+    rows: dict[str, Callable[[], object]] = {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        from backpack.hessianfree.ggnvp import ggn_vector_product
+        from backpack.hessianfree.hvp import hessian_vector_product
+
+        def backpack_ggn():
+            out = model(x)
+            return ggn_vector_product(loss_fn(out, y), out, model, v_list)
+
+        def backpack_hvp():
+            return hessian_vector_product(loss_fn(model(x), y), params, v_list)
+
+        rows["backpack GGN-vp (hessianfree)"] = backpack_ggn
+        rows["backpack HVP (hessianfree)"] = backpack_hvp
+    except ImportError:
+        pass
+    try:
+        from curvlinops import GGNLinearOperator, HessianLinearOperator
+
+        ggn = GGNLinearOperator(model, loss_fn, params, [(x, y)], check_deterministic=False)
+        hess = HessianLinearOperator(model, loss_fn, params, [(x, y)], check_deterministic=False)
+        rows["curvlinops GGNLinearOperator @"] = lambda: ggn @ v_flat
+        rows["curvlinops HessianLinearOperator @"] = lambda: hess @ v_flat
+    except ImportError:
+        pass
+    try:
+        from nngeometry.metrics import FIM
+        from nngeometry.object import PMatImplicit
+        from nngeometry.object.vector import PVector
+
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=x.shape[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fim = FIM(model, loader, PMatImplicit, variant="classif_logits", device="cpu")
+        pv = PVector.from_model(model).__class__(fim.generator.layer_collection, vector_repr=v_flat)
+        rows["nngeometry FIM PMatImplicit.mv"] = lambda: fim.mv(pv)
+    except Exception as err:  # noqa: BLE001 - optional peer, API differs between versions
+        rows[f"nngeometry (unavailable: {type(err).__name__})"] = None
+    return rows
+
+
+def main(argv=None) -> list[tuple[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small model, few repeats (smoke test)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 30)
+    torch.manual_seed(0)
+    sizes = (64, (32, 32), 10) if args.quick else (784, (256, 256), 10)
+    batch = 16 if args.quick else args.batch_size
+    model = mlp(sizes[0], sizes[1], sizes[2], activation="sigmoid")
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(batch, sizes[0]), torch.randint(0, sizes[2], (batch,))
+    params = [p for p in model.parameters()]
+    num_params = sum(p.numel() for p in params)
+    v_flat = torch.randn(num_params)
+    v_list = [t.reshape(p.shape) for t, p in zip(v_flat.split([p.numel() for p in params]), params)]
+
+    def gradient():
+        return torch.autograd.grad(loss_fn(model(x), y), params)
+
+    base = median_time(gradient, repeats)
+    data = (x, y)
+    ours: dict[str, Callable[[], object]] = {}
+    for label, op in [
+        ("curvlab GGN-vp (cached)", GGNOperator(model, loss_fn, data)),
+        ("curvlab GGN-vp (uncached)", GGNOperator(model, loss_fn, data, cache=False)),
+        ("curvlab HVP double backward (cached)", HessianOperator(model, loss_fn, data)),
+        ("curvlab HVP double backward (uncached)", HessianOperator(model, loss_fn, data, cache=False)),
+        ("curvlab HVP forward-over-reverse", HessianOperator(model, loss_fn, data, method="forward_over_reverse")),
+        ("curvlab MC Fisher-vp (M=1, cached)", FisherMCOperator(model, loss_fn, data, generator=torch.Generator().manual_seed(0))),
+        ("curvlab empirical Fisher-vp (per-sample gradients)", EmpiricalFisherOperator(model, loss_fn, data, strategy="per_sample_gradients")),
+        ("curvlab empirical Fisher-vp (Jacobian products)", EmpiricalFisherOperator(model, loss_fn, data, strategy="jacobian_products")),
+        ("curvlab complex-step HVP (complex64)", ComplexStepHessianOperator(model, loss_fn, data)),
+    ]:
+        ours[label] = (lambda op=op: op @ v_flat)
+    rows = {**ours, **peer_rows(model, loss_fn, x, y, v_list, v_flat)}
+    results = [("one gradient (forward + backward)", 1.0)]
+    print(f"MLP {sizes[0]}-{'-'.join(map(str, sizes[1]))}-{sizes[2]} sigmoid, CE, batch {batch}, float32, P={num_params}, "
+          f"torch {torch.__version__}, threads={torch.get_num_threads()}, repeats={repeats}")
+    print(f"{'product':<55} {'ratio':>7}")
+    print(f"{results[0][0]:<55} {1.0:>7.2f}   ({base * 1e3:.2f} ms)")
+    for label, fn in rows.items():
+        if fn is None:
+            print(f"{label:<55} {'-':>7}")
+            continue
+        ratio = median_time(fn, repeats) / base
+        results.append((label, ratio))
+        print(f"{label:<55} {ratio:>7.2f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

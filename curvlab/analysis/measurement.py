@@ -1,0 +1,234 @@
+"""Measure a model: an exact reference, its approximations and their quality, in one call.
+
+:func:`measure` computes the exact reference matrix (``curvlab.reference``), the gradient, each requested
+approximation (through ``curvlab.compute`` when the engine provides it; diagonals and block-diagonals can
+also be cut from the dense references) and the GroupedNewton summary along the gradient, then compares
+them with :func:`~curvlab.analysis.compare`. An approximation that cannot be computed is skipped with a
+:class:`~curvlab.errors.CurvlabWarning`; the reason is kept in the dataset's ``skipped`` attribute.
+
+Example:
+    >>> import torch, warnings
+    >>> from torch import nn
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    >>> data = (torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)))
+    >>> m = measure(model, nn.CrossEntropyLoss(), data, approximations=["ggn_block", "summary"], dampings=[0.1], k=2)
+    >>> round(m.quality.matrix_quality.sel(approximation="ggn_block", block="0", metric="rel_frobenius_error").item(), 12)
+    0.0
+    >>> sorted(m.curvature)
+    ['ggn', 'ggn_block']
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import xarray as xr
+from torch import nn
+
+from curvlab import reference as _reference
+from curvlab.analysis.comparison import DEFAULT_DAMPINGS, SummaryInput, compare
+from curvlab.analysis.interactions import summary_matrix
+from curvlab.analysis.matrices import block_indices
+from curvlab.data import iter_batches
+from curvlab.errors import CurvlabError, CurvlabWarning
+from curvlab.partition import Partition
+
+__all__ = ["APPROXIMATIONS", "REFERENCES", "Measurement", "measure"]
+
+REFERENCES = ("hessian", "ggn", "fisher", "empirical_fisher")
+#: Names understood by :func:`measure`: the engine's quantities plus ``"summary"`` (GroupedNewton).
+APPROXIMATIONS = (
+    "kfac", "kflr", "kfra", "ekfac", "diag_ggn", "diag_ggn_mc", "diag_hessian", "diag_empirical_fisher",
+    "ggn_block", "hessian_block", "fisher_mc_block", "empirical_fisher_block", "summary",
+)
+#: Approximations that can be cut from a dense reference when the engine cannot provide them.
+_FROM_REFERENCE = {
+    "diag_ggn": ("ggn", "diagonal"), "diag_hessian": ("hessian", "diagonal"),
+    "diag_empirical_fisher": ("empirical_fisher", "diagonal"),
+    "ggn_block": ("ggn", "block"), "hessian_block": ("hessian", "block"),
+}
+
+
+@dataclass
+class Measurement:
+    """What :func:`measure` returns.
+
+    Attributes:
+        quality: the comparison dataset (see :mod:`curvlab.analysis.comparison`).
+        curvature: name -> representation: the reference under its quantity name, then the approximations.
+        gradient: [P] gradient the steps and the summary used.
+        skipped: approximation -> reason it was left out.
+    """
+
+    quality: xr.Dataset
+    curvature: dict[str, Any]
+    gradient: torch.Tensor
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def curvature_tree(self) -> xr.DataTree:
+        """Every representation's ``to_xarray()`` as a child of one ``DataTree`` (for one netCDF file)."""
+        nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs={"contents": ",".join(self.curvature)})}
+        for name, rep in self.curvature.items():
+            obj = rep.to_xarray()
+            if isinstance(obj, xr.DataTree):
+                for node in obj.subtree:
+                    path = f"/{name}" + ("" if node.path == "/" else node.path)
+                    nodes[path] = node.to_dataset(inherit=False)
+            else:
+                nodes[f"/{name}"] = obj
+        return xr.DataTree.from_dict(nodes)
+
+
+def _representations():
+    from curvlab import repr as representations
+
+    return representations
+
+
+def _from_reference(name: str, matrices: Mapping[str, torch.Tensor], partition: Partition, attrs) -> Any:
+    source, shape = _FROM_REFERENCE[name]
+    matrix = matrices[source]
+    reps = _representations()
+    if shape == "diagonal":
+        return reps.DiagonalCurvature(matrix.diagonal().clone(), partition, quantity=name, attrs=attrs)
+    blocks = {g.name: matrix[g.indices][:, g.indices].clone() for g in partition.groups}
+    return reps.BlockDiagonalCurvature(blocks, partition, quantity=name, attrs=attrs)
+
+
+def _from_engine(model, loss_fn, data, names: Sequence[str], partition: Partition, mc_samples: int,
+                 seed: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Representations the engine computes (all names in one pass; one by one if that fails), and failures."""
+    import curvlab
+
+    if not names:
+        return {}, {}
+    try:
+        compute = curvlab.compute
+    except (ImportError, AttributeError) as err:
+        reason = f"the curvature engine (curvlab.compute) is not available: {err}"
+        return {}, {name: reason for name in names}
+
+    def run(which):
+        generator = torch.Generator().manual_seed(seed)
+        result = compute(model, loss_fn, data, list(which), partition=partition, mc_samples=mc_samples,
+                         generator=generator, progress=False)
+        return {name: result[name] for name in which}
+
+    errors = (CurvlabError, ValueError, KeyError, NotImplementedError, TypeError)
+    try:
+        return run(names), {}
+    except errors:
+        pass
+    found, failed = {}, {}
+    for name in names:
+        try:
+            found.update(run([name]))
+        except errors as err:
+            failed[name] = f"curvlab.compute cannot compute {name!r}: {err}"
+    return found, failed
+
+
+def _summary(model, loss_fn, data, reference: str, gradient: torch.Tensor, exact: torch.Tensor,
+             partition: Partition) -> tuple[SummaryInput, str]:
+    """The GroupedNewton summary along the gradient, from curvlab.summary, else from the dense reference."""
+    import curvlab
+
+    curvature = "hessian" if reference == "hessian" else "ggn"
+    try:
+        result = curvlab.grouped_newton_summary(model, loss_fn, data, direction=partition.unflatten(gradient),
+                                                partition=partition, curvature=curvature, order=2)
+        hbar = torch.as_tensor(result.hbar, dtype=torch.float64)
+        if reference in ("hessian", "ggn", "fisher"):
+            return SummaryInput(hbar, result.gbar, gradient, partition), "curvlab.grouped_newton_summary"
+    except (ImportError, AttributeError, CurvlabError, ValueError, TypeError, NotImplementedError):
+        pass
+    basis = torch.zeros(gradient.numel(), partition.num_groups, dtype=torch.float64)
+    for j, idx in enumerate(block_indices(partition, gradient.numel())):
+        basis[idx, j] = gradient[idx]
+    hbar = summary_matrix(exact, gradient, partition)
+    return SummaryInput(hbar, basis.T @ gradient, gradient, partition), f"UᵀMU of the dense {reference}"
+
+
+def measure(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    data,
+    *,
+    reference: str = "ggn",
+    approximations: Sequence[str] = APPROXIMATIONS,
+    partition: str | Partition = "layer",
+    summary_partition: str | Partition = "canonical",
+    dampings: Sequence[float] = DEFAULT_DAMPINGS,
+    k: int = 10,
+    mc_samples: int = 1,
+    seed: int = 0,
+    eigenvalues: bool = True,
+    attrs: Mapping[str, Any] | None = None,
+) -> Measurement:
+    """Exact ``reference`` vs ``approximations`` of ``model`` on ``data`` (an ``(inputs, targets)`` pair or batches).
+
+    Args:
+        reference: ``hessian``, ``ggn``, ``fisher`` or ``empirical_fisher`` (dense, so keep P small).
+        approximations: names from :data:`APPROXIMATIONS`.
+        partition: blocks of the per-block metrics and of block-diagonal approximations.
+        summary_partition: groups of the GroupedNewton summary (canonical: one per tensor, as in the paper).
+        dampings, k: see :func:`~curvlab.analysis.compare`.
+        mc_samples: Monte Carlo samples of ``kfac`` and ``*_mc`` quantities; ``seed`` seeds their sampling.
+        eigenvalues: also store the reference's eigenvalues (variable ``eigenvalues``).
+        attrs: provenance attributes for the dataset.
+
+    Raises:
+        ValueError: an unknown reference or approximation name.
+    """
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown reference {reference!r}; choose from {', '.join(REFERENCES)}")
+    unknown = [a for a in approximations if a not in APPROXIMATIONS]
+    if unknown:
+        raise ValueError(f"unknown approximations {unknown}; choose from {', '.join(APPROXIMATIONS)}")
+    part = Partition.from_model(model, partition)
+    batches = list(iter_batches(data))
+    base_attrs = {k: v for k, v in dict(attrs or {}).items() if v is not None}
+    matrices = {reference: getattr(_reference, reference)(model, loss_fn, batches).detach()}
+    gradient = _reference.gradient(model, loss_fn, batches).detach().to(torch.float64)
+    exact = matrices[reference].to(torch.float64)
+    reps = _representations()
+    curvature: dict[str, Any] = {reference: reps.DenseCurvature(matrices[reference], part, quantity=reference,
+                                                                attrs=base_attrs)}
+    approx: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    summary = None
+    if "summary" in approximations:
+        summary_part = Partition.from_model(model, summary_partition)
+        summary, sources["summary"] = _summary(model, loss_fn, batches, reference, gradient, exact, summary_part)
+    engine_names = [a for a in approximations if a != "summary"]
+    found, failed = _from_engine(model, loss_fn, batches, engine_names, part, mc_samples, seed)
+    for name in engine_names:
+        if name in found:
+            approx[name], sources[name] = found[name], "curvlab.compute"
+        elif name in _FROM_REFERENCE:
+            source = _FROM_REFERENCE[name][0]
+            if source not in matrices:
+                matrices[source] = getattr(_reference, source)(model, loss_fn, batches).detach()
+            approx[name], sources[name] = _from_reference(name, matrices, part, base_attrs), f"dense {source} reference"
+        else:
+            skipped[name] = failed[name]
+            warnings.warn(f"skipping {name}: {failed[name]}", CurvlabWarning, stacklevel=2)
+            continue
+        curvature[name] = approx[name]
+    ds = compare(exact, approx, gradient, partition=part, dampings=dampings, k=k, summary=summary,
+                 attrs={**base_attrs, "reference": reference, "partition": part.to_json(),
+                        "sources": json.dumps(sources), "skipped": json.dumps(skipped)})
+    if eigenvalues:
+        values = torch.linalg.eigvalsh(exact).numpy()
+        ds["eigenvalues"] = xr.DataArray(values, dims="eigenvalue_index",
+                                         attrs={"long_name": f"eigenvalues of the {reference}", "units": "1"})
+    ds["gradient_norm"] = xr.DataArray(float(gradient.norm()), attrs={"long_name": "gradient norm", "units": "1"})
+    return Measurement(ds, curvature, gradient, skipped)

@@ -1,0 +1,27 @@
+"""Figures for curvature analysis (matplotlib/seaborn). Every function returns a ``Figure``.
+
+* :mod:`~curvlab.analysis.plots.heatmaps` – block norms with layer labels, GroupedNewton H̄/H̄⁻¹, an exact
+  block beside its approximations;
+* :mod:`~curvlab.analysis.plots.spectra` – eigenvalue spectra and SLQ densities on log scales;
+* :mod:`~curvlab.analysis.plots.curves` – metrics across training and across damping.
+
+:func:`save_figure` writes PNG or PDF by the file suffix.
+"""
+
+from __future__ import annotations
+
+from curvlab.analysis.plots.curves import plot_damping_curves, plot_metric_curves
+from curvlab.analysis.plots.figures import save_figure
+from curvlab.analysis.plots.heatmaps import plot_block_comparison, plot_block_norms, plot_summary
+from curvlab.analysis.plots.spectra import plot_density, plot_spectrum
+
+__all__ = [
+    "plot_block_comparison",
+    "plot_block_norms",
+    "plot_damping_curves",
+    "plot_density",
+    "plot_metric_curves",
+    "plot_spectrum",
+    "plot_summary",
+    "save_figure",
+]

@@ -1,0 +1,95 @@
+"""Line plots of a quality dataset (:func:`curvlab.analysis.compare`): metrics across training or damping.
+
+Example:
+    >>> import torch
+    >>> from curvlab.analysis.comparison import compare
+    >>> ds = compare(torch.eye(3), {"half": torch.eye(3) / 2}, torch.ones(3), dampings=[0.1, 1.0], k=1)
+    >>> fig = plot_damping_curves(ds)
+    >>> fig.axes[0].get_xlabel(), fig.axes[0].get_xscale()
+    ('damping λ', 'log')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import xarray as xr
+
+from curvlab.analysis.plots.figures import new_figure
+
+__all__ = ["plot_damping_curves", "plot_metric_curves"]
+
+_LOG_METRICS = {"rel_frobenius_error", "rel_spectral_error"}
+_LABELS = {
+    "rel_frobenius_error": "relative Frobenius error",
+    "rel_spectral_error": "relative spectral-norm error",
+    "cosine_similarity": "matrix cosine similarity",
+    "eigenspace_overlap": "top-k eigenspace overlap",
+    "step_cosine": "cosine to exact damped step",
+    "decrease_ratio": "decrease ratio",
+}
+
+
+def _series(ds: xr.Dataset, metric: str, block: str, damping: float | None) -> xr.DataArray:
+    if "metric" in ds.dims and metric in ds.metric.values:
+        return ds.matrix_quality.sel(metric=metric, block=block)
+    if "step_quality" in ds and metric in ds.step_metric.values:
+        series = ds.step_quality.sel(step_metric=metric, block=block)
+        return series.sel(damping=damping, method="nearest") if damping is not None else series
+    raise KeyError(f"no metric {metric!r} in the dataset")
+
+
+def plot_metric_curves(ds: xr.Dataset, metrics: Sequence[str] = ("rel_frobenius_error", "step_cosine"), *,
+                       block: str = "all", damping: float | None = None, title: str | None = None):
+    """One panel per metric: the metric against training ``step``, one line per approximation.
+
+    Step metrics are shown at ``damping`` (default: the middle damping of the dataset).
+    """
+    if "step" not in ds.dims:
+        raise ValueError("the dataset has no 'step' dimension; track it across training first")
+    if damping is None and "damping" in ds.dims:
+        damping = float(ds.damping.values[len(ds.damping) // 2])
+    fig, axes = new_figure(1, len(metrics), panel_size=(4.6, 3.6))
+    for ax, metric in zip(axes, metrics):
+        series = _series(ds, metric, block, damping)
+        for name in series.approximation.values:
+            line = series.sel(approximation=name)
+            if bool(line.notnull().any()):
+                ax.plot(line.step.values, line.values, marker="o", markersize=3, label=str(name))
+        ax.set_xlabel("training step")
+        ax.set_ylabel(_LABELS.get(metric, metric))
+        if metric in _LOG_METRICS:
+            ax.set_yscale("log")
+        ax.set_title(f"{metric} (block {block}" + (f", λ={damping:g})" if metric in ("step_cosine", "decrease_ratio")
+                                                    and damping is not None else ")"))
+    axes[-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_damping_curves(ds: xr.Dataset, metrics: Sequence[str] = ("step_cosine", "decrease_ratio"), *,
+                        block: str = "all", step: int | None = None, title: str | None = None):
+    """One panel per step metric: the metric against the damping λ (log axis), one line per approximation.
+
+    With a ``step`` dimension, ``step`` picks the measurement (default: the last).
+    """
+    if "step_quality" not in ds:
+        raise ValueError("the dataset has no step_quality; compare with a gradient first")
+    if "step" in ds.dims:
+        ds = ds.sel(step=ds.step.values[-1] if step is None else step)
+    fig, axes = new_figure(1, len(metrics), panel_size=(4.6, 3.6))
+    for ax, metric in zip(axes, metrics):
+        series = ds.step_quality.sel(step_metric=metric, block=block)
+        for name in series.approximation.values:
+            line = series.sel(approximation=name)
+            if bool(line.notnull().any()):
+                ax.plot(line.damping.values, line.values, marker="o", markersize=3, label=str(name))
+        ax.set_xscale("log")
+        ax.set_xlabel("damping λ")
+        ax.set_ylabel(_LABELS.get(metric, metric))
+        ax.set_title(f"{metric} (block {block})")
+    axes[-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -1,0 +1,42 @@
+"""Creating and saving figures without touching global matplotlib state.
+
+Example:
+    >>> fig, axes = new_figure(1, 2)
+    >>> len(axes), type(fig).__name__
+    (2, 'Figure')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+__all__ = ["FORMATS", "new_figure", "save_figure"]
+
+FORMATS = (".png", ".pdf")
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float] = (4.2, 3.6), **kwargs):
+    """A ``Figure`` (not registered with pyplot, so nothing leaks) and a flat list of its axes."""
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return fig, list(axes.flat)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:
+    """Save ``fig`` as PNG or PDF (chosen by the suffix of ``path``); returns the path.
+
+    Example:
+        >>> save_figure(new_figure()[0], "figure.svg")
+        Traceback (most recent call last):
+        ...
+        ValueError: figure.svg: save figures as .png or .pdf
+    """
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"{path}: save figures as .png or .pdf")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path

@@ -1,0 +1,87 @@
+"""Eigenvalue spectra (sorted magnitudes) and spectral densities (e.g. SLQ), on log scales.
+
+Example:
+    >>> import torch
+    >>> fig = plot_spectrum({"ggn": torch.tensor([3.0, 1.0, 0.1, 0.0])})
+    >>> fig.axes[0].get_yscale(), fig.axes[0].get_xlabel()
+    ('log', 'rank')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import xarray as xr
+
+from curvlab.analysis.plots.figures import new_figure
+
+__all__ = ["plot_density", "plot_spectrum"]
+
+
+def _numpy(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().to(torch.float64).numpy()
+    if isinstance(values, xr.DataArray):
+        return np.asarray(values.values, dtype=np.float64)
+    return np.asarray(values, dtype=np.float64)
+
+
+def plot_spectrum(eigenvalues: Mapping[str, object], *, title: str | None = None, floor: float = 1e-12):
+    """Eigenvalues sorted by magnitude on a log axis, one line per matrix; negative ones as hollow markers.
+
+    Args:
+        eigenvalues: name -> [P] eigenvalues (tensor, array or DataArray).
+        floor: magnitudes below it (numerical zeros) are left out; the legend counts them.
+    """
+    fig, (ax,) = new_figure(panel_size=(6.0, 4.0))
+    for i, (name, values) in enumerate(eigenvalues.items()):
+        lam = _numpy(values).reshape(-1)
+        order = np.argsort(-np.abs(lam))
+        lam = lam[order]
+        keep = np.abs(lam) > floor
+        rank = np.arange(1, lam.size + 1)
+        colour = f"C{i}"
+        ax.plot(rank[keep], np.abs(lam[keep]), color=colour,
+                label=f"{name} ({int((~keep).sum())} below {floor:g})" if (~keep).any() else name)
+        neg = keep & (lam < 0)
+        if neg.any():
+            ax.scatter(rank[neg], -lam[neg], facecolors="none", edgecolors=colour, s=12,
+                       label=f"{name}: negative ({int(neg.sum())})")
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("|eigenvalue|")
+    ax.set_title(title or "eigenvalue spectra")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_density(densities: Mapping[str, object], *, eigenvalues: Mapping[str, object] | None = None,
+                 title: str | None = None, bins: int = 80, floor: float = 1e-8):
+    """Spectral densities on a log density axis, e.g. from stochastic Lanczos quadrature.
+
+    Args:
+        densities: name -> ``(grid, density)`` pair of [G] arrays, or a DataArray with one dimension
+            whose coordinate is the grid.
+        eigenvalues: optional name -> exact eigenvalues [P], drawn as normalised histograms for comparison.
+        floor: densities are clipped below it so the log axis stays readable.
+    """
+    fig, (ax,) = new_figure(panel_size=(6.0, 4.0))
+    for i, (name, value) in enumerate(densities.items()):
+        if isinstance(value, xr.DataArray):
+            grid, density = _numpy(value[value.dims[0]]), _numpy(value)
+        else:
+            grid, density = (_numpy(v) for v in value)
+        ax.plot(grid, np.maximum(density, floor), color=f"C{i}", label=f"{name} (density)")
+    for j, (name, values) in enumerate((eigenvalues or {}).items(), start=len(densities)):
+        lam = _numpy(values).reshape(-1)
+        ax.hist(lam, bins=bins, density=True, histtype="step", color=f"C{j}", label=f"{name} (exact, histogram)")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor)
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density")
+    ax.set_title(title or "spectral density")
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,130 @@
+"""``curvlab.compute``: curvature quantities of a model over a data set, in one call.
+
+It runs :class:`~curvlab.engine.hooks.CurvatureHooks` over every batch (forward, and a backward by
+``torch.autograd.grad`` only when a quantity needs the loss gradient, so the parameters' ``.grad`` is
+never touched), combines the batches exactly as one (:mod:`curvlab.engine.accumulate`), all-reduces
+across processes when ``torch.distributed`` is initialised, and assembles representations
+(:mod:`curvlab.engine.result`).
+
+``ekfac`` takes two passes over the data: the first gets the KFLR factors A, G (and every other
+requested quantity), the second refits the eigenvalues in their eigenbasis,
+s_{ij} = (1/Z) Σ_{n,k} (U_Gᵀ Ŵ_nk U_A)²_{ij} with Ŵ_nk the per-sample, per-column GGN square-root
+gradient of the layer (George et al. 2018, refitted to the exact GGN rather than sampled gradients).
+``data`` must then be re-iterable (a tuple, list or DataLoader; not a one-shot generator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from curvlab.data import Data, is_single_batch, iter_batches
+from curvlab.engine.hooks import CurvatureHooks
+from curvlab.engine.quantities import Quantity, Source, parse_quantities
+from curvlab.engine.result import Curvature, assemble, kronecker_factors
+from curvlab.engine.statistics import BatchStatistics
+from curvlab.losses import loss_adapter
+from curvlab.partition import PartitionSpec, trainable_parameters
+from curvlab.provenance import provenance
+
+__all__ = ["compute"]
+
+
+def compute(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    data: Data,
+    quantities: str | Quantity | Iterable[str | Quantity],
+    *,
+    partition: PartitionSpec = "layer",
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> Curvature:
+    """Compute curvature ``quantities`` of ``loss_fn(model(x), y)`` over all of ``data``.
+
+    Scaling follows the loss: with L = (1/Z) Σ_n ℓ_n over all the data, e.g. ``ggn`` is
+    (1/Z) Σ_n J_nᵀ H_n J_n. See :mod:`curvlab.engine.quantities` for the quantities and
+    :mod:`curvlab.engine.result` for the representation each returns.
+
+    Args:
+        model: an ``nn.Sequential`` of supported modules (eval mode for BatchNorm/Dropout); not modified.
+        loss_fn: ``MSELoss``, ``CrossEntropyLoss`` or ``BCEWithLogitsLoss`` (reduction 'mean' or 'sum').
+        data: an ``(inputs, targets)`` pair or an iterable of pairs (e.g. a DataLoader).
+        quantities: names such as ``"kfac"``, ``["ggn_block", "diag_hessian"]``.
+        partition: labels of diagonal/full results (see :class:`curvlab.partition.Partition`).
+        mc_samples: M, sampled targets per sample for ``kfac``, ``fisher_mc``, ``*_mc*``.
+        generator: random source of the MC sampling.
+        progress: show a tqdm progress bar over batches.
+
+    Returns:
+        :class:`~curvlab.engine.result.Curvature`, mapping quantity name -> representation.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 2)).double()
+        >>> x, y = torch.randn(10, 3, dtype=torch.float64), torch.randint(0, 2, (10,))
+        >>> result = compute(model, nn.CrossEntropyLoss(), [(x[:4], y[:4]), (x[4:], y[4:])],
+        ...                  ["ggn", "kflr"], progress=False)
+        >>> from curvlab.reference import ggn
+        >>> torch.allclose(result["ggn"].dense(), ggn(model, nn.CrossEntropyLoss(), x, y))
+        True
+        >>> result["kflr"].dense().shape
+        torch.Size([26, 26])
+    """
+    qs = parse_quantities(quantities)
+    adapter = loss_adapter(loss_fn)
+    wants_ekfac = Quantity.EKFAC in qs
+    if wants_ekfac and not is_single_batch(data) and iter(data) is data:
+        raise ValueError("ekfac makes two passes over the data: pass a re-iterable (list, DataLoader), not an iterator")
+    first = tuple(q for q in qs if q is not Quantity.EKFAC)
+    if wants_ekfac and Quantity.KFLR not in first:
+        first += (Quantity.KFLR,)
+    common = {"mc_samples": mc_samples, "generator": generator}
+    stats, info = _run(model, adapter, data, first, progress, **common)
+    if wants_ekfac:
+        basis = {}
+        for layer in {key[1] for key in stats.sums if key[0] == "kflr" and key[2] == "G"}:
+            A, G = kronecker_factors(stats, "kflr", layer)
+            basis[layer] = (torch.linalg.eigh(A).eigenvectors, torch.linalg.eigh(G).eigenvectors)
+        refit, _ = _run(model, adapter, data, (Quantity.EKFAC,), progress, ekfac_basis=basis, **common)
+        stats.sums.update(refit.sums)
+    params = trainable_parameters(model)
+    attrs = provenance(
+        model=model,
+        loss_fn=loss_fn,
+        batch_size=info["batch_size"],
+        dtype=params[0][1].dtype,
+        config={
+            "quantities": [q.value for q in qs],
+            "mc_samples": mc_samples,
+            "partition": partition if isinstance(partition, str) else "custom",
+            "batches": info["batches"],
+            "samples": stats.count,
+            "normalizer": stats.normalizer,
+            "reduction": adapter.reduction,
+        },
+    )
+    return assemble(model, qs, stats, partition, attrs)
+
+
+def _run(model, adapter, data, quantities, progress, **options) -> tuple[BatchStatistics, dict[str, Any]]:
+    needs_grad = any(q.source in (Source.EMPIRICAL, Source.HESSIAN) for q in quantities)
+    params = [p for _, p in trainable_parameters(model)]
+    total = 1 if is_single_batch(data) else (len(data) if hasattr(data, "__len__") else None)
+    info: dict[str, Any] = {"batches": 0, "batch_size": None}
+    with CurvatureHooks(model, adapter, quantities, **options) as hooks:
+        bar = tqdm(iter_batches(data), total=total, disable=not progress, desc="curvlab", unit="batch")
+        for inputs, targets in bar:
+            info["batches"] += 1
+            info["batch_size"] = info["batch_size"] or int(inputs.shape[0])
+            with torch.set_grad_enabled(needs_grad):
+                loss = adapter(model(inputs), targets)
+                if needs_grad:
+                    torch.autograd.grad(loss, params)
+    accumulator = hooks.statistics()
+    accumulator.all_reduce()
+    return accumulator.result(), info

@@ -1,0 +1,244 @@
+"""``CurvatureHooks``: the context manager that records a normal forward+backward and owns every hook.
+
+Usage (one or more batches)::
+
+    with CurvatureHooks(model, loss_fn, ["kflr", "diag_ggn"]) as hooks:
+        for x, y in loader:
+            loss_fn(model(x), y).backward()
+    curvature = hooks.result()
+
+On entry it registers a forward pre-hook and a forward hook on the model and a forward hook on every
+supported leaf module; each forward hook stores the (detached) input and output of its module in the
+context, never on the module, and hooks the output tensor to catch ∂L/∂y during backward. When the
+next forward starts (or the context exits, or :meth:`result` is called) the recorded batch is turned
+into statistics (:mod:`curvlab.engine.statistics`) and dropped, so memory stays at one batch.
+On exit every hook is removed, also when an exception is raised inside the block; the model is never
+modified, so ``torch.func`` and :mod:`curvlab.reference` work on it afterwards.
+
+The backward pass must be of ``loss_fn(model(x), y)`` itself (the recorded gradients are those of
+that loss); only the Hessian and empirical-Fisher sources use them, and GGN/MC/KFRA quantities need
+no backward at all. Modules are checked before any forward (:func:`curvlab.engine.model_check.supported_layers`);
+at run time the hooks verify that the forward pass is the chain of the model's leaf modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from curvlab.engine.accumulate import Accumulator
+from curvlab.engine.hessian import full_hessian
+from curvlab.engine.model_check import Layer, supported_layers
+from curvlab.engine.quantities import Quantity, Source, parse_quantities
+from curvlab.engine.rules import RULES, ModuleRule, Record
+from curvlab.engine.statistics import EngineConfig, batch_statistics
+from curvlab.errors import UnsupportedModuleError
+from curvlab.guards import check_finite
+from curvlab.losses import loss_adapter
+
+__all__ = ["CurvatureHooks"]
+
+
+@dataclass
+class _Trace:
+    """What one forward pass recorded."""
+
+    inputs: torch.Tensor
+    records: list[Record] = field(default_factory=list)
+    last_output: torch.Tensor | None = None  # the live (not detached) output of the last record
+    outputs: torch.Tensor | None = None
+    problem: str | None = None
+
+
+class CurvatureHooks:
+    """Record forward/backward passes of ``model`` and turn them into curvature statistics.
+
+    Args:
+        model: an ``nn.Sequential`` (nested allowed) of supported modules; not modified.
+        loss_fn: the loss module the backward pass differentiates (see :mod:`curvlab.losses`).
+        quantities: names or :class:`~curvlab.engine.quantities.Quantity` members.
+        mc_samples: M for the MC quantities; generator: their random source.
+        ekfac_basis: ``{layer: (U_A, U_G)}``, needed for ``ekfac`` (``curvlab.compute`` provides it).
+        rules: module type -> rule mapping (default :data:`curvlab.engine.rules.RULES`).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+        >>> x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+        >>> with CurvatureHooks(model, nn.CrossEntropyLoss(), ["diag_ggn", "kflr"]) as hooks:
+        ...     nn.CrossEntropyLoss()(model(x), y).backward()
+        >>> result = hooks.result()
+        >>> from curvlab.reference import ggn
+        >>> torch.allclose(result["diag_ggn"].diagonal(), ggn(model, nn.CrossEntropyLoss(), x, y).diagonal())
+        True
+        >>> len(model._forward_hooks), len(model[0]._forward_hooks)   # all hooks gone
+        (0, 0)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        quantities: str | Quantity | Iterable[str | Quantity],
+        *,
+        mc_samples: int = 1,
+        generator: torch.Generator | None = None,
+        ekfac_basis: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        rules: Mapping[type, ModuleRule] = RULES,
+    ):
+        self.model = model
+        self.adapter = loss_adapter(loss_fn)
+        self.quantities = parse_quantities(quantities)
+        self.config = EngineConfig(mc_samples, generator, ekfac_basis)
+        self.layers: list[Layer] = supported_layers(model, rules)
+        self._by_module = {id(layer.module): layer for layer in self.layers}
+        self.accumulator = Accumulator(self.adapter.reduction)
+        self._handles: list[Any] = []
+        self._tensor_handles: list[Any] = []
+        self._trace: _Trace | None = None
+        self._suspended = False
+        self._active = False
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> CurvatureHooks:
+        if self._active:
+            raise RuntimeError("CurvatureHooks is not re-entrant")
+        self._active = True
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._begin))
+            for layer in self.layers:
+                self._handles.append(layer.module.register_forward_hook(self._record))
+            self._handles.append(self.model.register_forward_hook(self._end))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._remove()
+        if exc_type is not None:
+            self._trace = None
+            return
+        self._flush()
+
+    def _remove(self) -> None:
+        for handle in self._handles + self._tensor_handles:
+            handle.remove()
+        self._handles.clear()
+        self._tensor_handles.clear()
+        self._active = False
+
+    # ------------------------------------------------------------------ results
+    def statistics(self) -> Accumulator:
+        """The accumulated statistics so far (processes a pending batch first)."""
+        self._flush()
+        return self.accumulator
+
+    def result(self, partition="layer", attrs: Mapping[str, Any] | None = None):
+        """The :class:`~curvlab.engine.result.Curvature` of all recorded batches."""
+        from curvlab.engine.result import assemble
+
+        self._flush()
+        return assemble(self.model, self.quantities, self.accumulator.result(), partition, attrs)
+
+    # ------------------------------------------------------------------ hooks
+    def _begin(self, module, args) -> None:
+        if self._suspended:
+            return
+        self._flush()
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise UnsupportedModuleError("the model's forward must take one input tensor")
+        self._trace = _Trace(inputs=args[0].detach())
+        self._trace.last_output = args[0]
+
+    def _record(self, module, args, output) -> None:
+        trace = self._trace
+        if self._suspended or trace is None:
+            return
+        layer = self._by_module[id(module)]
+        if trace.problem is None:
+            if any(r.module is module for r in trace.records):
+                trace.problem = f"module {layer.name!r} is called twice (shared weights)"
+            elif not args or args[0] is not trace.last_output:
+                trace.problem = (
+                    f"the input of module {layer.name!r} is not the output of the module before it "
+                    "(a functional operation, branch or skip connection)"
+                )
+        record = Record(layer.name, module, layer.rule, args[0].detach(), output.detach())
+        trace.records.append(record)
+        trace.last_output = output
+        if output.requires_grad:
+            self._tensor_handles.append(output.register_hook(_grad_catcher(record)))
+
+    def _end(self, module, args, output) -> None:
+        trace = self._trace
+        if self._suspended or trace is None:
+            return
+        if not isinstance(output, torch.Tensor):
+            trace.problem = f"the model returned a {type(output).__qualname__}, not a tensor"
+        elif output is not trace.last_output:
+            trace.problem = "the model's output is not the output of its last module"
+        trace.outputs = output.detach() if isinstance(output, torch.Tensor) else None
+
+    # ------------------------------------------------------------------ processing
+    def _flush(self) -> None:
+        trace, self._trace = self._trace, None
+        for handle in self._tensor_handles:
+            handle.remove()
+        self._tensor_handles.clear()
+        if trace is None or trace.outputs is None:
+            return
+        self._suspended = True
+        try:
+            self.accumulator.add(self._statistics(trace))
+        finally:
+            self._suspended = False
+
+    def _statistics(self, trace: _Trace):
+        if trace.problem is not None:
+            raise UnsupportedModuleError(
+                f"{trace.problem}: the hook engine supports models whose forward is the chain of their "
+                "leaf modules (nn.Sequential); convert other models first (see curvlab.engine.fx)"
+            )
+        called = {r.name for r in trace.records}
+        for layer in self.layers:
+            if layer.rule.has_parameters and layer.rule.trainable(layer.module) and layer.name not in called:
+                raise UnsupportedModuleError(
+                    f"module {layer.name!r} ({type(layer.module).__qualname__}) has trainable parameters but "
+                    "was not called in the forward pass; its curvature would be skipped"
+                )
+        records = trace.records
+        first = next(i for i, r in enumerate(records) if r.rule.has_parameters)
+        for record in records[first:]:
+            record.rule.check_call(record)
+        outputs = check_finite(trace.outputs, "model output")
+        if trace.inputs.is_floating_point():
+            check_finite(trace.inputs, "model input")
+        z = self.adapter.normalizer(outputs)
+        needs_grad = any(q.source in (Source.EMPIRICAL, Source.HESSIAN) for q in self.quantities)
+        if needs_grad:
+            for record in records[first:]:
+                if record.grad is None:
+                    raise RuntimeError(
+                        f"no gradient reached module {record.describe()}: call loss.backward() on "
+                        f"loss_fn(model(x), y) inside the context ({', '.join(q.value for q in self.quantities)} "
+                        "need it)"
+                    )
+                record.grad = record.grad * z
+        stats = batch_statistics(records, outputs, self.adapter, self.quantities, self.config)
+        if Quantity.HESSIAN in self.quantities:
+            stats.sums[("hessian", "", "full")] = full_hessian(
+                self.model, trace.inputs, outputs, records[-1].grad.flatten(1),
+                self.adapter.output_hessian(outputs),
+            )
+        return stats
+
+
+def _grad_catcher(record: Record):
+    def hook(grad: torch.Tensor) -> None:
+        record.grad = grad.detach()
+
+    return hook

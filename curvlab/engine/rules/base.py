@@ -1,0 +1,182 @@
+"""The interface of a per-module rule, and the record of one module call it works on.
+
+A rule knows how one module type transforms the three backward objects the engine propagates
+(shape vocabulary of :mod:`curvlab.partition`; D = features per sample, flattened):
+
+* square-root factors  V [N, K, *out]  ->  Jᵀ V [N, K, *in]         (:meth:`ModuleRule.backprop`)
+* per-sample Hessians  H [N, Do, Do]   ->  Jᵀ H J + Σ_k g_k ∇²y_k   (:meth:`ModuleRule.backprop_hessian`)
+* batch-averaged (KFRA) matrices  Ḡ [Do, Do] -> E_n[J_nᵀ Ḡ J_n]      (:meth:`ModuleRule.kfra_backprop`)
+
+where J = ∂y/∂x is the module's per-sample input Jacobian and g = ∂ℓ/∂y the (unscaled) gradient of the
+loss at its output. Modules with parameters add the parameter side (:class:`ParameterRule`):
+Jθᵀ applied to factors, and the statistics built from it. Defaults here are exact but generic; rules
+override them with faster closed forms. A rule is configuration: one stateless object per module type
+in :data:`curvlab.engine.rules.RULES`; user modules are never subclassed or modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from curvlab.errors import UnsupportedModuleError
+
+__all__ = ["ModuleRule", "ParameterRule", "Record"]
+
+
+@dataclass
+class Record:
+    """One call of a supported module during the forward pass (tensors detached).
+
+    Attributes:
+        name: the module's qualified name in the model, e.g. ``"features.3"``.
+        module: the module itself (read, never written).
+        rule: the rule handling it.
+        inputs: its input [N, *in].
+        outputs: its output [N, *out].
+        grad: ∂ℓ/∂y, the *unscaled* loss gradient at the output, [N, *out] (``None`` until backward).
+        cache: per-call values a rule computes once and reuses across quantities (e.g. f'(x)).
+    """
+
+    name: str
+    module: nn.Module
+    rule: ModuleRule
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    grad: torch.Tensor | None = None
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.inputs.shape[1:])
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(self.outputs.shape[1:])
+
+    def describe(self) -> str:
+        return f"{self.name!r} ({type(self.module).__qualname__})"
+
+
+class ModuleRule:
+    """Backward transformations through one module type (see the module docstring)."""
+
+    #: ``True`` if the module has trainable parameters this rule handles (see :class:`ParameterRule`).
+    has_parameters = False
+    #: ``True`` if the input Jacobian does not depend on the input (linear modules): KFRA needs one sample.
+    input_independent_jacobian = False
+
+    def check(self, name: str, module: nn.Module) -> None:
+        """Raise :class:`UnsupportedModuleError` if this configuration of ``module`` is not supported."""
+
+    def check_call(self, record: Record) -> None:
+        """Raise if a recorded call (its input shapes) is not supported."""
+
+    def backprop(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        """Jᵀ V: [N, K, *out] -> [N, K, *in]."""
+        raise NotImplementedError
+
+    def second_derivative_term(self, record: Record) -> torch.Tensor | None:
+        """The residual Σ_k g_k ∇²_x y_k per sample, [N, Di, Di], or ``None`` if it vanishes."""
+        return None
+
+    def sandwich(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
+        """Jᵀ H J per sample: [N, Do, Do] -> [N, Di, Di] (features flattened)."""
+        num, d_out = hessian.shape[:2]
+        right = self.backprop(record, hessian.reshape(num, d_out, *record.out_shape))  # H J
+        right = right.reshape(num, d_out, -1).transpose(1, 2)  # (H J)ᵀ = Jᵀ H   [N, Di, Do]
+        return self.backprop(record, right.reshape(num, -1, *record.out_shape)).flatten(2)
+
+    def backprop_hessian(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
+        """Botev's recursion: [N, Do, Do] -> Jᵀ H J + Σ_k g_k ∇²y_k, [N, Di, Di]."""
+        result = self.sandwich(record, hessian)
+        residual = self.second_derivative_term(record)
+        return result if residual is None else result + residual
+
+    def kfra_backprop(self, record: Record, gbar: torch.Tensor) -> torch.Tensor:
+        """E_n[J_nᵀ Ḡ J_n]: [Do, Do] -> [Di, Di] (no second-derivative terms, as in KFRA)."""
+        if self.input_independent_jacobian:
+            record = _first_sample(record)
+        expanded = gbar.expand(record.inputs.shape[0], *gbar.shape)
+        return self.sandwich(record, expanded).mean(0)
+
+
+def _first_sample(record: Record) -> Record:
+    return Record(record.name, record.module, record.rule, record.inputs[:1], record.outputs[:1],
+                  None if record.grad is None else record.grad[:1])
+
+
+class ParameterRule(ModuleRule):
+    """A module with trainable parameters: adds Jθᵀ and the statistics derived from it.
+
+    The parameter vector of a layer is its trainable parameters in registration order (weight, then
+    bias), each flattened: a slice of the reference ordering of :mod:`curvlab.partition`.
+    """
+
+    has_parameters = True
+    #: parameter names the rule knows, in registration order.
+    parameter_names: tuple[str, ...] = ("weight", "bias")
+    #: ``True`` if the rule has Kronecker factors (:meth:`kron_input`, :meth:`kron_output`).
+    has_kronecker = False
+
+    def trainable(self, module: nn.Module) -> tuple[str, ...]:
+        """Names of the module's trainable parameters, in the reference ordering."""
+        return tuple(
+            n for n in self.parameter_names
+            if getattr(module, n, None) is not None and getattr(module, n).requires_grad
+        )
+
+    def check(self, name: str, module: nn.Module) -> None:
+        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        unknown = [n for n in own if n not in self.parameter_names]
+        if unknown:
+            raise UnsupportedModuleError(
+                f"module {name!r} ({type(module).__qualname__}) has parameters {unknown} that no rule handles"
+            )
+
+    def param_factor(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        """Jθᵀ V per sample and column: [N, K, *out] -> [N, K, P_layer]."""
+        raise NotImplementedError
+
+    def diag(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        """Σ_{n,k} (Jθᵀ V_nk)², the diagonal of the layer's block, [P_layer]."""
+        return self.param_factor(record, factor).pow(2).sum((0, 1))
+
+    def block(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        """Σ_{n,k} (Jθᵀ V_nk)(Jθᵀ V_nk)ᵀ, the layer's block, [P_layer, P_layer]."""
+        rows = self.param_factor(record, factor).flatten(0, 1)
+        return rows.T @ rows
+
+    def hessian_block(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
+        """Σ_n Jθ,nᵀ H_n Jθ,n (the layer is linear in its parameters), [P_layer, P_layer]."""
+        num, d_out = hessian.shape[:2]
+        right = self.param_factor(record, hessian.reshape(num, d_out, *record.out_shape))  # H Jθ
+        right = right.transpose(1, 2)  # Jθᵀ H   [N, P, Do]
+        block = self.param_factor(record, right.reshape(num, -1, *record.out_shape)).sum(0)
+        return (block + block.T) / 2
+
+    def diag_hessian(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
+        """diag Σ_n Jθ,nᵀ H_n Jθ,n, [P_layer]."""
+        return self.hessian_block(record, hessian).diagonal().clone()
+
+    # Kronecker rules (``has_kronecker``): block ≈ A ⊗ G with augmented input (bias convention).
+    def kron_input(self, record: Record) -> tuple[torch.Tensor, int]:
+        """Σ_n x̃_n x̃_nᵀ (x̃ = [x; 1] if the bias is trainable) and the sample count N."""
+        raise NotImplementedError
+
+    def kron_output(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        """Σ_{n,k} V_nk V_nkᵀ at the layer's output, [out, out]."""
+        raise NotImplementedError
+
+    def kfra_output(self, gbar: torch.Tensor, record: Record) -> torch.Tensor:
+        """The layer's G factor from the batch-averaged output matrix Ḡ."""
+        return gbar
+
+    def ekfac_scale(
+        self, record: Record, factor: torch.Tensor, basis_in: torch.Tensor, basis_out: torch.Tensor
+    ) -> torch.Tensor:
+        """Σ_{n,k} (U_Gᵀ Ŵ_nk U_A)², Ŵ_nk the per-sample, per-column gradient matrix [out, in(+1)]."""
+        raise NotImplementedError

@@ -1,0 +1,116 @@
+"""Rules for elementwise activations y = f(x): ReLU, LeakyReLU, Sigmoid, Tanh, ELU, SELU, Softplus, GELU.
+
+With d = f'(x) and d2 = f''(x) (elementwise, [N, *features]) and g = ∂ℓ/∂y:
+
+* factors:   Jᵀ V = d ⊙ V                                      (broadcast over the K columns)
+* Hessians:  Jᵀ H J + D = diag(d) H diag(d) + diag(d2 ⊙ g)     (Botev et al. 2017, the residual D)
+* KFRA:      E_n[diag(d_n) Ḡ diag(d_n)] = Ḡ ⊙ E_n[d_n d_nᵀ]
+
+ReLU, LeakyReLU, Sigmoid and Tanh use closed forms; the others get f' and f'' from autograd on
+``module.forward`` (exact for elementwise functions; the module's hooks are not triggered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from curvlab.engine.rules.base import ModuleRule, Record
+from curvlab.errors import UnsupportedModuleError
+
+__all__ = ["ElementwiseRule", "autograd_derivatives"]
+
+#: (module, x, y) -> (f'(x), f''(x))
+Derivatives = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def autograd_derivatives(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """f'(x) and f''(x) of an elementwise module by double differentiation of ``module.forward``.
+
+    Example:
+        >>> x = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        >>> d1, d2 = autograd_derivatives(nn.Softplus(), x, None)
+        >>> torch.allclose(d1, torch.sigmoid(x)), torch.allclose(d2, torch.sigmoid(x) * torch.sigmoid(-x))
+        (True, True)
+    """
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        (first,) = torch.autograd.grad(module.forward(leaf).sum(), leaf, create_graph=True)
+        if first.requires_grad:
+            (second,) = torch.autograd.grad(first.sum(), leaf)
+        else:
+            second = torch.zeros_like(leaf)
+    return first.detach(), second.detach()
+
+
+def _relu(module, x, y):
+    return (x > 0).to(x.dtype), None
+
+
+def _leaky_relu(module, x, y):
+    return torch.ones_like(x).masked_fill_(x <= 0, module.negative_slope), None
+
+
+def _sigmoid(module, x, y):
+    d1 = y * (1 - y)
+    return d1, d1 * (1 - 2 * y)
+
+
+def _tanh(module, x, y):
+    d1 = 1 - y * y
+    return d1, -2 * y * d1
+
+
+class ElementwiseRule(ModuleRule):
+    """An elementwise activation, given how to get f' and f'' (``None`` for f'' = 0 a.e.)."""
+
+    def __init__(self, derivatives: Derivatives = autograd_derivatives):
+        self.derivatives = derivatives
+
+    def check(self, name: str, module: nn.Module) -> None:
+        if getattr(module, "inplace", False):
+            raise UnsupportedModuleError(
+                f"module {name!r} ({type(module).__qualname__}) is in-place: it overwrites the input the "
+                "curvature rules need; construct it with inplace=False"
+            )
+
+    def _derivs(self, record: Record) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if "derivatives" not in record.cache:
+            record.cache["derivatives"] = self.derivatives(record.module, record.inputs, record.outputs)
+        return record.cache["derivatives"]
+
+    def backprop(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        return factor * self._derivs(record)[0].unsqueeze(1)
+
+    def backprop_hessian(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
+        d1, d2 = self._derivs(record)
+        d1 = d1.flatten(1)
+        result = hessian * d1[:, :, None] * d1[:, None, :]
+        if d2 is not None:
+            if record.grad is None:
+                raise RuntimeError(f"no gradient recorded at {record.describe()}: run backward() first")
+            result = result + torch.diag_embed(d2.flatten(1) * record.grad.flatten(1))
+        return result
+
+    def sandwich(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
+        d1 = self._derivs(record)[0].flatten(1)
+        return hessian * d1[:, :, None] * d1[:, None, :]
+
+    def kfra_backprop(self, record: Record, gbar: torch.Tensor) -> torch.Tensor:
+        d1 = self._derivs(record)[0].flatten(1)
+        return gbar * (d1.T @ d1) / d1.shape[0]
+
+
+#: The elementwise rules by module type.
+ELEMENTWISE_RULES: dict[type[nn.Module], ModuleRule] = {
+    nn.ReLU: ElementwiseRule(_relu),
+    nn.LeakyReLU: ElementwiseRule(_leaky_relu),
+    nn.Sigmoid: ElementwiseRule(_sigmoid),
+    nn.Tanh: ElementwiseRule(_tanh),
+    nn.ELU: ElementwiseRule(),
+    nn.SELU: ElementwiseRule(),
+    nn.Softplus: ElementwiseRule(),
+    nn.GELU: ElementwiseRule(),
+}

@@ -1,0 +1,73 @@
+"""Rules for parameter-free structural modules: Flatten, Identity, Dropout (eval), pooling.
+
+* Identity and eval-mode Dropout: J = I.
+* Flatten: J = I up to a reshape of the features.
+* MaxPool2d, AvgPool2d, AdaptiveAvgPool2d: Jᵀ V by ``torch.func.vjp`` of ``module.forward`` (which
+  bypasses hooks), vmapped over the K columns. Average pooling is linear and max pooling piecewise
+  linear, so ∇²y = 0 almost everywhere: Hessians propagate as Jᵀ H J with no residual, exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from curvlab.engine.rules.base import ModuleRule, Record
+from curvlab.errors import UnsupportedModuleError
+
+__all__ = ["FlattenRule", "IdentityRule", "PoolingRule"]
+
+
+class IdentityRule(ModuleRule):
+    """``nn.Identity`` and ``nn.Dropout`` in eval mode: y = x."""
+
+    input_independent_jacobian = True
+
+    def check(self, name: str, module: nn.Module) -> None:
+        if module.training and getattr(module, "p", 0.0) > 0:
+            raise UnsupportedModuleError(
+                f"module {name!r} ({type(module).__qualname__}) is in training mode with p={module.p}: its "
+                "random mask changes every call, so curvature is not defined; call model.eval()"
+            )
+
+    def backprop(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        return factor
+
+    def sandwich(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
+        return hessian
+
+    def kfra_backprop(self, record: Record, gbar: torch.Tensor) -> torch.Tensor:
+        return gbar
+
+
+class FlattenRule(IdentityRule):
+    """``nn.Flatten`` that keeps the batch dimension: a reshape of the features."""
+
+    def check(self, name: str, module: nn.Module) -> None:
+        if module.start_dim == 0:
+            raise UnsupportedModuleError(
+                f"module {name!r} (Flatten) has start_dim=0 and merges the batch dimension; use start_dim >= 1"
+            )
+
+    def backprop(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        return factor.reshape(*factor.shape[:2], *record.in_shape)
+
+
+class PoolingRule(ModuleRule):
+    """Pooling modules through ``torch.func.vjp`` (exact: linear or piecewise linear)."""
+
+    def __init__(self, linear: bool):
+        self.input_independent_jacobian = linear
+
+    def check(self, name: str, module: nn.Module) -> None:
+        if getattr(module, "return_indices", False):
+            raise UnsupportedModuleError(
+                f"module {name!r} ({type(module).__qualname__}) has return_indices=True; use False"
+            )
+
+    def backprop(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        key = ("vjp", record.inputs.shape[0])
+        if key not in record.cache:
+            record.cache[key] = torch.func.vjp(record.module.forward, record.inputs)[1]
+        vjp_fn = record.cache[key]
+        return torch.func.vmap(lambda v: vjp_fn(v)[0], in_dims=1, out_dims=1)(factor)

@@ -1,0 +1,178 @@
+"""Per-batch statistics: propagate the requested sources backwards through a recorded chain of modules.
+
+Everything here is *unscaled* (no 1/Z): the loss's normalizer is applied once, after all batches are
+combined (:mod:`curvlab.engine.accumulate`). For one batch with records r_1 … r_L (forward order):
+
+* factor sources (GGN, MC, EMPIRICAL): V_L = S [N, K, C] at the output, V_{l-1} = J_lᵀ V_l
+  (:meth:`~curvlab.engine.rules.ModuleRule.backprop`); each parameterised layer turns the V at its
+  output into its block, diagonal, rows of the full square-root factor, Kronecker G or EKFAC scaling.
+  EMPIRICAL needs no propagation: its V at every layer is the recorded loss gradient (K = 1).
+* HESSIAN: Botev's exact per-sample recursion H_{l-1} = J_lᵀ H_l J_l + Σ_k g_k ∇²y_k.
+* KFRA: Ḡ_L = Σ_n H_n, Ḡ_{l-1} = E_n[J_nᵀ Ḡ_l J_n] (batch-averaged: no per-sample matrices).
+
+Propagation stops at the first layer with parameters: nothing below it is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from curvlab.engine.quantities import Form, Quantity, Source
+from curvlab.engine.rules import ParameterRule, Record
+from curvlab.losses import LossAdapter
+
+__all__ = ["BatchStatistics", "EngineConfig", "batch_statistics", "uses_kronecker"]
+
+Key = tuple[str, str, str]  # (quantity, layer, part)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of the statistics.
+
+    Attributes:
+        mc_samples: M, sampled targets per sample for the MC sources (``kfac``, ``fisher_mc``, …).
+        generator: random source of the MC sampling (``None``: torch's global generator).
+        ekfac_basis: ``{layer: (U_A, U_G)}`` eigenvectors of the KFLR factors; needed for ``ekfac``.
+    """
+
+    mc_samples: int = 1
+    generator: torch.Generator | None = None
+    ekfac_basis: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def __post_init__(self):
+        if isinstance(self.mc_samples, bool) or not isinstance(self.mc_samples, int) or self.mc_samples < 1:
+            raise ValueError(f"mc_samples must be a positive int, got {self.mc_samples!r}")
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(self.generator).__qualname__}")
+
+
+@dataclass
+class BatchStatistics:
+    """Unscaled statistics of one batch.
+
+    Attributes:
+        sums: additive statistics (blocks, diagonals, G factors, EKFAC scalings), keyed (quantity, layer, part).
+        inputs: Kronecker input factors Σ_n x̃_n x̃_nᵀ per layer (divided by the sample count at the end).
+        rows: rows of full square-root factors per (quantity, layer, "rows"), [N·K, P_layer].
+        normalizer: Z of this batch; ``count``: N.
+    """
+
+    normalizer: int
+    count: int
+    sums: dict[Key, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    rows: dict[Key, torch.Tensor] = field(default_factory=dict)
+
+
+def uses_kronecker(rule: ParameterRule, record: Record) -> bool:
+    """Whether a layer gets Kronecker factors (otherwise its exact dense block)."""
+    return rule.has_kronecker and rule.kronecker_supported(record.module)
+
+
+def _propagate(records: Sequence[Record], start: torch.Tensor, step: Callable, visit: Callable) -> None:
+    first = next(i for i, r in enumerate(records) if r.rule.has_parameters)
+    value = start
+    for i in range(len(records) - 1, first - 1, -1):
+        record = records[i]
+        if record.rule.has_parameters:
+            visit(record, value)
+        if i > first:
+            value = step(record, value)
+
+
+def _output_factor(source: Source, adapter: LossAdapter, outputs: torch.Tensor, config: EngineConfig):
+    if source is Source.GGN:
+        sqrt = adapter.sqrt_hessian(outputs)  # [N, C, C]
+    else:
+        sqrt = adapter.sqrt_hessian_mc(outputs, config.mc_samples, config.generator)  # [N, C, M]
+    return sqrt.transpose(1, 2).reshape(sqrt.shape[0], sqrt.shape[2], *outputs.shape[1:])
+
+
+def batch_statistics(
+    records: Sequence[Record],
+    outputs: torch.Tensor,
+    adapter: LossAdapter,
+    quantities: Sequence[Quantity],
+    config: EngineConfig,
+) -> BatchStatistics:
+    """Unscaled statistics of one recorded batch for ``quantities`` (``hessian`` excluded: see
+    :mod:`curvlab.engine.hessian`)."""
+    stats = BatchStatistics(adapter.normalizer(outputs), outputs.shape[0])
+    by_source: dict[Source, list[Quantity]] = {}
+    for q in quantities:
+        if q is not Quantity.HESSIAN:
+            by_source.setdefault(q.source, []).append(q)
+    kronecker = [q for q in quantities if q.form in (Form.KRONECKER, Form.EKFAC)]
+    if kronecker:
+        for record in records:
+            if record.rule.has_parameters and uses_kronecker(record.rule, record):
+                stats.inputs[record.name] = record.rule.kron_input(record)[0]
+    if Source.KFRA in by_source:
+        _kfra(records, outputs, adapter, stats)
+        fallback = [r for r in records if r.rule.has_parameters and not uses_kronecker(r.rule, r)]
+        if fallback:  # layers without Kronecker rule get the exact GGN block
+            by_source.setdefault(Source.GGN, [])
+    for source, qs in by_source.items():
+        if source is Source.HESSIAN:
+            _hessian(records, outputs, adapter, qs, stats)
+        elif source is Source.EMPIRICAL:
+            for record in records:
+                if record.rule.has_parameters:
+                    _visit_factor(record, record.grad.unsqueeze(1), qs, config, stats)
+        elif source in (Source.GGN, Source.MC):
+            start = _output_factor(source, adapter, outputs, config)
+            extra = [Quantity.KFRA] if source is Source.GGN and Source.KFRA in by_source else []
+            _propagate(
+                records, start, lambda r, v: r.rule.backprop(r, v),
+                lambda r, v: _visit_factor(r, v, qs + extra, config, stats),
+            )
+    return stats
+
+
+def _visit_factor(record: Record, factor, quantities, config: EngineConfig, stats: BatchStatistics) -> None:
+    rule, layer = record.rule, record.name
+    for q in quantities:
+        name = q.value
+        if q.form is Form.BLOCK:
+            stats.sums[(name, layer, "block")] = rule.block(record, factor)
+        elif q.form is Form.DIAG:
+            stats.sums[(name, layer, "diag")] = rule.diag(record, factor)
+        elif q.form is Form.FULL:
+            stats.rows[(name, layer, "rows")] = rule.param_factor(record, factor).flatten(0, 1)
+        elif not uses_kronecker(rule, record):
+            stats.sums[(name, layer, "block")] = rule.block(record, factor)
+        elif q.form is Form.KRONECKER and q is not Quantity.KFRA:
+            stats.sums[(name, layer, "G")] = rule.kron_output(record, factor)
+        elif q.form is Form.EKFAC:
+            if config.ekfac_basis is None or layer not in config.ekfac_basis:
+                raise ValueError(
+                    f"ekfac needs the eigenbasis of the KFLR factors of layer {layer!r} (ekfac_basis=...); "
+                    "curvlab.compute makes two passes over the data to get it"
+                )
+            basis_in, basis_out = config.ekfac_basis[layer]
+            stats.sums[(name, layer, "scaling")] = rule.ekfac_scale(record, factor, basis_in, basis_out)
+
+
+def _hessian(records, outputs, adapter: LossAdapter, quantities, stats: BatchStatistics) -> None:
+    def visit(record: Record, hessian: torch.Tensor) -> None:
+        for q in quantities:
+            if q.form is Form.BLOCK:
+                stats.sums[(q.value, record.name, "block")] = record.rule.hessian_block(record, hessian)
+            else:
+                stats.sums[(q.value, record.name, "diag")] = record.rule.diag_hessian(record, hessian)
+
+    start = adapter.output_hessian(outputs)  # [N, C, C], unscaled
+    _propagate(records, start, lambda r, h: r.rule.backprop_hessian(r, h), visit)
+
+
+def _kfra(records, outputs, adapter: LossAdapter, stats: BatchStatistics) -> None:
+    def visit(record: Record, gbar: torch.Tensor) -> None:
+        if uses_kronecker(record.rule, record):
+            stats.sums[("kfra", record.name, "G")] = record.rule.kfra_output(gbar, record)
+
+    start = adapter.output_hessian(outputs).sum(0)  # Σ_n H_n, unscaled
+    _propagate(records, start, lambda r, g: r.rule.kfra_backprop(r, g), visit)

@@ -1,0 +1,58 @@
+"""Second-order optimisers built on curvlab's curvature statistics.
+
+Pure maths pieces (no state):
+
+* :mod:`~curvlab.optim.cg` – preconditioned conjugate gradient;
+* :mod:`~curvlab.optim.gauss_newton` – the Gauss–Newton quadratic model (GGN-vector products);
+* :mod:`~curvlab.optim.damping` – damping schedules and the trust-region ratio rule;
+* :mod:`~curvlab.optim.line_search` – backtracking Armijo line search;
+
+and thin :class:`torch.optim.Optimizer` wrappers, one per file, all built as ``(model, loss_fn,
+**hyperparameters)`` and stepped with ``step(inputs, targets) -> loss``:
+
+* :class:`SGN` – stochastic Gauss–Newton with CG (Gargiani et al. 2020);
+* :class:`NewtonSummary` – per-group learning rates from a GroupedNewton summary (Wolinski);
+* :class:`ACP`, :class:`CenteredSGD` – amortised centred covariance preconditioner (George);
+* :class:`SecondOrderAdaptive` – McAllester's speculative second-order Adam (experimental);
+* :class:`KFAC` – Kronecker-factored curvature (Martens & Grosse 2015; Botev et al. 2017).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_PUBLIC = {
+    "HyperparameterError": "curvlab.optim.hyperparameters",
+    "CurvatureOptimizer": "curvlab.optim.base",
+    "CGResult": "curvlab.optim.cg",
+    "conjugate_gradient": "curvlab.optim.cg",
+    "GaussNewtonQuadratic": "curvlab.optim.gauss_newton",
+    "DampingSchedule": "curvlab.optim.damping",
+    "scheduled_damping": "curvlab.optim.damping",
+    "trust_region_damping": "curvlab.optim.damping",
+    "reduction_ratio": "curvlab.optim.damping",
+    "ReduceOnPlateau": "curvlab.optim.damping",
+    "LineSearchResult": "curvlab.optim.line_search",
+    "backtracking_armijo": "curvlab.optim.line_search",
+    "SGN": "curvlab.optim.sgn",
+    "CGPreconditioner": "curvlab.optim.sgn",
+    "NewtonSummary": "curvlab.optim.newton_summary",
+    "ACP": "curvlab.optim.acp",
+    "CenteredSGD": "curvlab.optim.centered_sgd",
+    "SecondOrderAdaptive": "curvlab.optim.second_order_adaptive",
+    "KFAC": "curvlab.optim.kfac",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'curvlab.optim' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,16 @@
+"""Smoke test of benchmarks/operators.py in its --quick mode (runs every row once; no timing claims)."""
+
+import math
+import runpy
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "operators.py"
+
+
+def test_operator_benchmark_quick_runs(capsys):
+    main = runpy.run_path(str(SCRIPT), run_name="operators_benchmark")["main"]
+    results = dict(main(["--quick", "--repeats", "1"]))
+    out = capsys.readouterr().out
+    assert "threads=" in out and "curvlab GGN-vp (cached)" in results
+    assert {"curvlab HVP double backward (cached)", "curvlab HVP forward-over-reverse"} <= set(results)
+    assert all(math.isfinite(r) and r > 0 for r in results.values())

@@ -1,0 +1,109 @@
+"""The hook lifecycle: hooks are owned by the context, the model is untouched, errors name the culprit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from curvlab import reference
+from curvlab.engine import CurvatureHooks, compute
+from curvlab.errors import NonFiniteError, UnsupportedLossError, UnsupportedModuleError
+from tests.cases import CASES
+from tests.engine.engine_cases import ENGINE_CASES
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+    )
+
+
+def test_hooks_are_removed_after_an_exception_and_torch_func_still_works():
+    model, loss_fn, x, y = ENGINE_CASES[0].build()
+    before = _hook_count(model)
+    with pytest.raises(KeyError, match="boom"):
+        with CurvatureHooks(model, loss_fn, ["ggn_block", "diag_hessian"]):
+            loss_fn(model(x), y).backward()
+            assert _hook_count(model) > before
+            raise KeyError("boom")
+    assert _hook_count(model) == before
+    # torch.func-based references run on the model afterwards and agree with a fresh computation
+    ggn = reference.ggn(model, loss_fn, x, y)
+    assert torch.allclose(compute(model, loss_fn, (x, y), "ggn", progress=False)["ggn"].dense(), ggn)
+    assert _hook_count(model) == before
+
+
+def test_several_batches_inside_one_context_and_no_backward_for_ggn():
+    model, loss_fn, x, y = ENGINE_CASES[1].build(batch_size=6)
+    with CurvatureHooks(model, loss_fn, ["ggn_block", "kflr"]) as hooks:
+        with torch.no_grad():
+            for sl in (slice(0, 2), slice(2, 6)):
+                model(x[sl])
+    result = hooks.result()
+    want = compute(model, loss_fn, (x, y), ["ggn_block", "kflr"], progress=False)
+    for name in ("ggn_block", "kflr"):
+        assert torch.allclose(result[name].dense(), want[name].dense(), atol=1e-12)
+    assert _hook_count(model) == 0 and all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_quantities_need_a_backward_pass():
+    model, loss_fn, x, y = ENGINE_CASES[0].build()
+    with pytest.raises(RuntimeError, match="backward"):
+        with CurvatureHooks(model, loss_fn, ["diag_hessian"]):
+            model(x)
+    assert _hook_count(model) == 0
+
+
+def test_ekfac_hooks_need_a_basis():
+    model, loss_fn, x, y = ENGINE_CASES[0].build()
+    with pytest.raises(ValueError, match="eigenbasis"):
+        with CurvatureHooks(model, loss_fn, ["ekfac"]):
+            model(x)
+
+
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        (nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Tanh(), nn.LSTM(2, 2))), r"'1\.1' \(LSTM\)"),
+        (nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), r"'1' \(BatchNorm1d\) is in training mode"),
+        (nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.2)), r"'1' \(Dropout\) is in training mode"),
+        (nn.Sequential(nn.Linear(2, 2), nn.ReLU(inplace=True)), r"'1' \(ReLU\) is in-place"),
+        (nn.Sequential(nn.Conv2d(1, 1, 2, groups=1, padding_mode="circular")), r"'0' \(Conv2d\).*circular"),
+        (nn.Linear(2, 2), "wrap it in nn.Sequential"),
+        (CASES[-1].model(), r"the model \(Residual\) is a container with its own forward"),
+    ],
+    ids=["lstm", "bn-train", "dropout-train", "inplace", "circular", "bare", "residual"],
+)
+def test_unsupported_modules_are_named_before_any_forward(model, match):
+    with pytest.raises(UnsupportedModuleError, match=match):
+        CurvatureHooks(model, nn.MSELoss(), ["ggn"])
+    assert _hook_count(model) == 0
+
+
+def test_run_time_checks_name_the_module():
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(shared, nn.Tanh(), shared).double()
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(UnsupportedModuleError, match="called twice"):
+        compute(model, nn.MSELoss(), (x, y), "ggn", progress=False)
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    x3 = torch.randn(4, 5, 3, dtype=torch.float64)
+    with pytest.raises(UnsupportedModuleError, match=r"'0' \(Linear\) got input of shape \(4, 5, 3\)"):
+        compute(model, nn.MSELoss(), (x3, torch.randn(4, 5, 2, dtype=torch.float64)), "ggn", progress=False)
+    assert _hook_count(model) == 0
+
+
+def test_bad_losses_quantities_and_values():
+    model, loss_fn, x, y = ENGINE_CASES[0].build()
+    with pytest.raises(UnsupportedLossError, match="L1Loss"):
+        compute(model, nn.L1Loss(), (x, y), "ggn", progress=False)
+    with pytest.raises(ValueError, match="valid names: hessian_block"):
+        compute(model, loss_fn, (x, y), ["ggn", "gnn"], progress=False)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="model output"):
+        compute(model, loss_fn, (bad, y), "diag_ggn", progress=False)
+    with pytest.raises(ValueError, match="mc_samples"):
+        compute(model, loss_fn, (x, y), "kfac", mc_samples=0, progress=False)
+    assert _hook_count(model) == 0

@@ -1,0 +1,136 @@
+"""The operator interface shared by all operators: restriction, blocks, scipy, dense, solve, export."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from torch import nn
+
+from curvlab import reference
+from curvlab.errors import CurvlabError, CurvlabWarning, MemoryBudgetError
+from curvlab.guards import memory_budget
+from curvlab.operators import GGNOperator, HessianOperator, RestrictedOperator
+from tests.cases import CASES
+
+
+@pytest.fixture(scope="module")
+def hessian_case():
+    model, loss_fn, x, y = CASES[3].build(batch_size=6)  # mlp-tanh-mse-sum 3-4-4-2: P = 46, 6 groups
+    op = HessianOperator(model, loss_fn, (x, y))
+    return op, reference.hessian(model, loss_fn, x, y)
+
+
+def test_restriction_equals_sub_blocks(hessian_case):
+    op, dense = hessian_case
+    part = op.partition
+    for groups in (["2.weight"], ["0.weight", "4.bias"], ["4.bias", "0.weight"]):
+        sub = op.restrict(groups)
+        idx = part.restrict(groups)
+        assert isinstance(sub, RestrictedOperator) and sub.shape == (idx.numel(), idx.numel())
+        assert set(sub.partition.group_names) == set(groups)
+        torch.testing.assert_close(sub.dense(), dense[idx][:, idx], rtol=1e-9, atol=1e-11)
+    nested = op.restrict(["0.weight", "2.weight", "2.bias"]).restrict(["2.bias"])
+    idx = part.group("2.bias").indices
+    torch.testing.assert_close(nested.dense(), dense[idx][:, idx], rtol=1e-9, atol=1e-11)
+
+
+def test_restriction_of_entries_partition():
+    model, loss_fn, x, y = CASES[0].build()
+    op = GGNOperator(model, loss_fn, (x, y), partition="entries")
+    names = ["0.weight[3]", "2.bias[1]", "0.weight[0]"]
+    sub = op.restrict(names)
+    idx = op.partition.restrict(names)
+    torch.testing.assert_close(sub.dense(), reference.ggn(model, loss_fn, x, y)[idx][:, idx], rtol=1e-9, atol=1e-11)
+    assert sub.partition.num_params == 3
+
+
+def test_unknown_group_is_named(hessian_case):
+    op, _ = hessian_case
+    with pytest.raises(KeyError, match="9.weight"):
+        op.restrict(["9.weight"])
+
+
+def test_block_operator_equals_off_diagonal_block(hessian_case):
+    op, dense = hessian_case
+    rows, cols = op.partition.restrict(["4.weight"]), op.partition.restrict(["0.weight", "0.bias"])
+    blk = op.block_operator("4.weight", ["0.weight", "0.bias"])
+    torch.testing.assert_close(blk.dense(), dense[rows][:, cols], rtol=1e-9, atol=1e-11)
+    w = torch.randn(rows.numel(), dtype=torch.float64)
+    torch.testing.assert_close(blk.T @ w, dense[cols][:, rows] @ w, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(blk.to_scipy().rmatvec(w.numpy()), (dense[cols][:, rows] @ w).numpy(), rtol=1e-9)
+
+
+def test_scipy_wrapper(hessian_case):
+    op, dense = hessian_case
+    lin = op.to_scipy()
+    v = np.random.default_rng(0).standard_normal((46, 3))
+    np.testing.assert_allclose(lin.matvec(v[:, 0]), dense.numpy() @ v[:, 0], rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(lin.matmat(v), dense.numpy() @ v, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(lin @ v[:, 1], dense.numpy() @ v[:, 1], rtol=1e-9, atol=1e-11)
+
+
+def test_dense_diagonal_block_trace(hessian_case):
+    op, dense = hessian_case
+    torch.testing.assert_close(op.dense(), dense, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(op.diagonal(), dense.diagonal(), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(op.trace(), dense.trace(), rtol=1e-9, atol=1e-11)
+    rows, cols = op.partition.group("2.weight").indices, op.partition.group("0.bias").indices
+    torch.testing.assert_close(op.block("2.weight", "0.bias"), dense[rows][:, cols], rtol=1e-9, atol=1e-11)
+
+
+def test_solve_by_cg_equals_dense_solve():
+    model, loss_fn, x, y = CASES[0].build(batch_size=8)
+    op = GGNOperator(model, loss_fn, (x, y))
+    b = torch.randn(op.shape[0], 2, dtype=torch.float64)
+    expected = torch.linalg.solve(reference.ggn(model, loss_fn, x, y) + 0.1 * torch.eye(op.shape[0], dtype=torch.float64), b)
+    torch.testing.assert_close(op.solve(b, damping=0.1), expected, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(op.solve(b[:, 0], damping=0.1), expected[:, 0], rtol=1e-6, atol=1e-8)
+
+
+def test_bad_vector_and_memory_budget(hessian_case):
+    op, _ = hessian_case
+    with pytest.raises(ValueError, match="P=46"):
+        op @ torch.ones(45, dtype=torch.float64)
+    with memory_budget(1000), pytest.raises(MemoryBudgetError, match="hessian"):
+        op.dense()
+
+
+def test_export_is_a_dense_curvature(hessian_case):
+    op, dense = hessian_case
+    ds = op.to_xarray()
+    assert isinstance(ds, xr.Dataset) and ds.attrs["curvlab_kind"] == "dense" and ds.attrs["exported_from"] == "operator"
+    from curvlab.repr import DenseCurvature
+
+    torch.testing.assert_close(DenseCurvature.from_xarray(ds).dense(), dense, rtol=1e-9, atol=1e-11)
+    with pytest.raises(CurvlabError, match="cannot be rebuilt"):
+        HessianOperator.from_xarray(ds)
+
+
+def test_dropout_in_training_mode_warns_and_model_is_untouched():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.2), nn.Linear(4, 2)).double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(CurvlabWarning, match="'1'|1 \\(Dropout\\)"):
+        op = GGNOperator(model, nn.MSELoss(), (x, y))
+    op @ torch.ones(op.shape[0], dtype=torch.float64)
+    assert model.training and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, l, d: HessianOperator(m, l, d),
+        lambda m, l, d: HessianOperator(m, l, d, method="forward_over_reverse"),
+        lambda m, l, d: GGNOperator(m, l, d),
+    ],
+    ids=["hessian-db", "hessian-for", "ggn"],
+)
+def test_products_under_no_grad(make):
+    model, loss_fn, x, y = CASES[0].build()
+    expected = reference.hessian if "Hessian" in repr(make(model, loss_fn, (x, y))) else reference.ggn
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    with torch.no_grad():
+        op = make(model, loss_fn, (x, y))
+        result = op @ v
+    torch.testing.assert_close(result, expected(model, loss_fn, x, y) @ v, rtol=1e-9, atol=1e-11)

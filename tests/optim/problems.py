@@ -1,0 +1,82 @@
+"""Shared problems and optimiser factories for the optimiser tests.
+
+Problems (each builds a fresh model, a loss and one full batch in a given dtype):
+
+* ``quadratic``      – ``nn.Linear(3, 1)`` on an ill-conditioned design with zero-residual targets and
+  'mean' MSE: a convex quadratic bowl in the parameters with minimum 0 (condition number ~10²);
+* ``least-squares``  – ``nn.Linear(5, 2)`` on random inputs with noisy targets, 'mean' MSE;
+* ``mlp-regression`` – a 3-8-1 tanh MLP on a smooth target, 'mean' MSE.
+
+Optimiser factories take ``(model, loss_fn)`` and use settings that suit these tiny full-batch problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from curvlab import optim
+
+
+def quadratic(dtype: torch.dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.3], dtype=torch.float64)
+    theta = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    y = x @ theta.T + 0.7
+    torch.manual_seed(1)
+    model = nn.Linear(3, 1).to(dtype)
+    return model, nn.MSELoss(), x.to(dtype), y.to(dtype)
+
+
+def least_squares(dtype: torch.dtype):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 5, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(5, 2, generator=g, dtype=torch.float64) + 0.1 * torch.randn(32, 2, generator=g, dtype=torch.float64)
+    torch.manual_seed(2)
+    model = nn.Linear(5, 2).to(dtype)
+    return model, nn.MSELoss(), x.to(dtype), y.to(dtype)
+
+
+def mlp_regression(dtype: torch.dtype):
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(48, 3, generator=g, dtype=torch.float64) * 2 - 1
+    y = torch.sin(2 * x[:, :1]) * x[:, 1:2] + 0.5 * x[:, 2:]
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).to(dtype)
+    return model, nn.MSELoss(), x.to(dtype), y.to(dtype)
+
+
+PROBLEMS: dict[str, Callable] = {
+    "quadratic": quadratic,
+    "least-squares": least_squares,
+    "mlp-regression": mlp_regression,
+}
+
+OPTIMIZERS: dict[str, Callable] = {
+    "sgn": lambda m, l: optim.SGN(m, l, cg_iters=10),
+    "sgn-momentum-precond": lambda m, l: optim.SGN(
+        m, l, cg_iters=8, momentum=0.5, preconditioner="ggn-diagonal", trust_region=False,
+        line_search=True, damping=1e-3, damping_schedule="cosine",
+    ),
+}
+
+OPTIMIZERS.update({
+    "acp": lambda m, l: optim.ACP(m, l, lr=0.3, alpha="heuristic", eps=1e-3, period=3),
+    "acp-fixed-alpha": lambda m, l: optim.ACP(m, l, lr=0.5, alpha=1.0, eps=1e-2, period=1),
+    "centered-sgd": lambda m, l: optim.CenteredSGD(m, l, lr=0.1),
+    "newton-summary": lambda m, l: optim.NewtonSummary(m, l, damping=0.5, partition="canonical"),
+    "newton-summary-adam-cubic": lambda m, l: optim.NewtonSummary(
+        m, l, damping=0.5, partition="trivial", updater="adam", lambda_int=1.0, period=2,
+        summary_method="double_backward",
+    ),
+    "second-order-adaptive": lambda m, l: optim.SecondOrderAdaptive(m, l, lr=0.05),
+})
+
+#: optimisers with damping: a non-finite step raises the damping instead of an error
+DAMPED = {"sgn", "sgn-momentum-precond", "acp", "acp-fixed-alpha", "newton-summary", "newton-summary-adam-cubic"}
+
+#: required final/initial loss ratio after the conformance steps (default 0.7). The ACP α heuristic
+#: (max squared output gradient) overestimates the curvature while residuals are large, so it is slow.
+REQUIRED_RATIO = {"acp": 0.99}

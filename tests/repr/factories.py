@@ -1,0 +1,153 @@
+"""Synthetic representations of every kind, each with its [P, P] matrix built independently.
+
+``build(kind, dtype)`` returns ``(representation, expected_dense)``; the expected matrix is assembled
+here by explicit loops or Kronecker products, never through the representation's own ``dense()``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from curvlab.partition import Partition
+from curvlab.repr import (
+    BlockDiagonalCurvature,
+    DenseCurvature,
+    DiagonalCurvature,
+    KroneckerCurvature,
+    KroneckerFactors,
+    SquareRootCurvature,
+    SummaryMatrix,
+)
+
+KINDS = [
+    "dense",
+    "block_diagonal",
+    "diagonal",
+    "square_root",
+    "square_root_tall",
+    "kronecker_factors",
+    "kronecker_factors_separate",
+    "kronecker_factors_ekfac",
+    "kronecker",
+    "summary_matrix",
+]
+
+ATTRS = {"model": "tiny MLP", "batch_size": 4, "config": '{"seed": 0}'}
+
+
+def tiny_model() -> nn.Module:
+    """Linear(3, 2) – Tanh – Linear(2, 2): P = 8 + 6 = 14; a bias-free head keeps the groups uneven."""
+    return nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 2, bias=False), nn.Linear(2, 1))
+
+
+def spd(n: int, dtype: torch.dtype, rank: int | None = None) -> torch.Tensor:
+    x = torch.randn(rank or n + 1, n, dtype=dtype)
+    return x.T @ x / x.shape[0]
+
+
+def kron_explicit(G: torch.Tensor, A: torch.Tensor, augmented_bias: bool) -> torch.Tensor:
+    """Entry by entry: C[r, s] = G[o_r, o_s] A[i_r, i_s] with (o, i) of reference index r.
+
+    Weight entry r < O·I is (r // I, r % I); with an augmented bias, bias entry O·I + o is (o, I).
+    """
+    o_dim = G.shape[0]
+    i_dim = A.shape[0] - (1 if augmented_bias else 0)
+    coords = [(r // i_dim, r % i_dim) for r in range(o_dim * i_dim)]
+    if augmented_bias:
+        coords += [(o, i_dim) for o in range(o_dim)]
+    p = len(coords)
+    out = torch.empty(p, p, dtype=G.dtype)
+    for r, (o_r, i_r) in enumerate(coords):
+        for s, (o_s, i_s) in enumerate(coords):
+            out[r, s] = G[o_r, o_s] * A[i_r, i_s]
+    return out
+
+
+def place_blocks(partition: Partition, blocks: dict[str, torch.Tensor], dtype) -> torch.Tensor:
+    p = partition.num_params
+    out = torch.zeros(p, p, dtype=dtype)
+    for g in partition.groups:
+        for a, r in enumerate(g.indices.tolist()):
+            for b, c in enumerate(g.indices.tolist()):
+                out[r, c] = blocks[g.name][a, b]
+    return out
+
+
+def build(kind: str, dtype: torch.dtype = torch.float64, seed: int = 0):
+    torch.manual_seed(seed)
+    model = tiny_model()
+    if kind == "dense":
+        part = Partition.from_model(model, "canonical")
+        m = spd(part.num_params, dtype)
+        return DenseCurvature(m, part, quantity="ggn", attrs=ATTRS), m.clone()
+    if kind == "block_diagonal":
+        part = Partition.from_model(model, "layer")
+        blocks = {g.name: spd(g.size, dtype) for g in part.groups}
+        expected = place_blocks(part, blocks, dtype)
+        return BlockDiagonalCurvature(blocks, part, quantity="ggn", attrs=ATTRS), expected
+    if kind == "diagonal":
+        part = Partition.from_model(model, "canonical")
+        d = torch.rand(part.num_params, dtype=dtype) + 0.1
+        return DiagonalCurvature(d, part, quantity="ggn", attrs=ATTRS), torch.diag(d)
+    if kind in ("square_root", "square_root_tall"):
+        part = Partition.from_model(model, "layer")
+        k = 5 if kind == "square_root" else part.num_params + 3
+        f = torch.randn(k, part.num_params, dtype=dtype)
+        return SquareRootCurvature(f, part, quantity="empirical_fisher", attrs=ATTRS), f.T @ f
+    if kind == "kronecker_factors":
+        A, G = spd(4, dtype), spd(2, dtype)  # augmented: I = 3, O = 2
+        factors = KroneckerFactors(A, G, bias=True, attrs=ATTRS)
+        return factors, kron_explicit(G, A, augmented_bias=True)
+    if kind == "kronecker_factors_separate":
+        A, G, B = spd(3, dtype), spd(2, dtype), spd(2, dtype)
+        factors = KroneckerFactors(
+            A,
+            G,
+            bias=True,
+            bias_convention="separate",
+            bias_factor=B,
+            weight_shape=(2, 3, 1),
+            attrs=ATTRS,
+        )
+        return factors, torch.block_diag(kron_explicit(G, A, False), B)
+    if kind == "kronecker_factors_ekfac":
+        A, G = spd(4, dtype), spd(2, dtype)
+        scaling = torch.rand(2, 4, dtype=dtype) + 0.5
+        factors = KroneckerFactors(A, G, bias=True, scaling=scaling, quantity="ekfac", attrs=ATTRS)
+        _, q_g = torch.linalg.eigh(G)
+        _, q_a = torch.linalg.eigh(A)
+        # Σ_{o,i} s_oi (q_g[:, o] ⊗ q_a[:, i])(...)ᵀ, then permuted into the reference ordering.
+        mf = sum(
+            scaling[o, i]
+            * torch.outer(torch.kron(q_g[:, o], q_a[:, i]), torch.kron(q_g[:, o], q_a[:, i]))
+            for o in range(2)
+            for i in range(4)
+        )
+        perm = [o * 4 + i for o in range(2) for i in range(3)] + [o * 4 + 3 for o in range(2)]
+        return factors, mf[perm][:, perm]
+    if kind == "kronecker":
+        part = Partition.from_model(
+            model, "layer"
+        )  # groups "0" (3→2, bias), "2" (2→2), "3" (2→1, bias)
+        A0, G0 = spd(4, dtype), spd(2, dtype)
+        A2, G2 = spd(2, dtype), spd(2, dtype)
+        dense3 = spd(3, dtype)
+        layers = {
+            "0": KroneckerFactors(A0, G0, bias=True),
+            "2": KroneckerFactors(A2, G2),
+            "3": dense3,
+        }
+        expected = place_blocks(
+            part,
+            {"0": kron_explicit(G0, A0, True), "2": kron_explicit(G2, A2, False), "3": dense3},
+            dtype,
+        )
+        return KroneckerCurvature(layers, part, attrs=ATTRS), expected
+    if kind == "summary_matrix":
+        part = Partition.from_model(model, "canonical")
+        s = part.num_groups
+        m = torch.randn(s, s, dtype=dtype)
+        m = m + m.T  # symmetric, indefinite
+        return SummaryMatrix(m, part, quantity="newton_summary", attrs=ATTRS), m.clone()
+    raise KeyError(kind)

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PairedTiming", "Timing", "format_bytes", "measure_paired", "measure_peak_memory", "measure_time"]
+__all__ = ["PairedTiming", "ProfiledRun", "Timing", "format_bytes", "measure_paired", "measure_peak_memory",
+           "measure_time", "profiled_run"]
 
 
 @dataclass(frozen=True)
@@ -157,26 +158,45 @@ def _allocation_records(prof) -> list[tuple[int, int]] | None:
     return [(e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"]
 
 
-def measure_peak_memory(fn: Callable[[], object]) -> int | None:
-    """Peak bytes of torch CPU tensor storage live during one call of ``fn`` (see the module docstring).
+@dataclass(frozen=True)
+class ProfiledRun:
+    """One call under the memory profiler: peak tensor storage (``None`` if unavailable) and wall time
+    (inflated by the profiler's overhead: use it to decide, not to report)."""
 
-    Returns ``None`` when this torch version does not expose the profiler's allocation records.
+    peak_bytes: int | None
+    seconds: float
+
+
+def profiled_run(fn: Callable[[], object]) -> ProfiledRun:
+    """Run ``fn()`` once under ``torch.profiler`` and return its :class:`ProfiledRun` (module docstring).
+
+    Doubles as a warm-up run: the benchmark uses it first, so a slow computation runs once less.
     """
     from torch.profiler import ProfilerActivity, profile
 
     gc.collect()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+        start = time.perf_counter()
         result = fn()
         del result
+        seconds = time.perf_counter() - start
     records = _allocation_records(prof)
     if records is None:
-        return None
+        return ProfiledRun(None, seconds)
     records.sort()
     live = peak = 0
     for _, nbytes in records:
         live += nbytes
         peak = max(peak, live)
-    return peak
+    return ProfiledRun(peak, seconds)
+
+
+def measure_peak_memory(fn: Callable[[], object]) -> int | None:
+    """Peak bytes of torch CPU tensor storage live during one call of ``fn`` (see the module docstring).
+
+    Returns ``None`` when this torch version does not expose the profiler's allocation records.
+    """
+    return profiled_run(fn).peak_bytes
 
 
 def format_bytes(num_bytes: float | None) -> str:

@@ -22,6 +22,7 @@ Cells: ``2.1× 35.0M`` (ratio, peak MiB); ``—`` the library has no such quanti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as _dt
 import gc
@@ -30,6 +31,7 @@ import math
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -43,7 +45,7 @@ import torch  # noqa: E402
 from _crosscheck import cross_check  # noqa: E402
 from _peers import QUANTITIES, Library, NotOffered, TooLarge, prepare  # noqa: E402
 from _problems import MODEL_KEYS, Problem, build_problem  # noqa: E402
-from _timing import format_bytes, measure_paired, measure_peak_memory, measure_time  # noqa: E402
+from _timing import format_bytes, measure_paired, measure_peak_memory, measure_time, profiled_run  # noqa: E402
 
 #: Targets of issue 6 on model (a): ratio to a plain gradient, curvlab (BackPACK's ratio in the issue).
 TARGETS_A = {"kfac": (2.0, 3.0), "kfra": (2.5, 3.4), "kflr": (4.0, 7.3), "diag_ggn": (3.0, 3.7),
@@ -61,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     parser.add_argument("--slow-s", type=float, default=15.0,
                         help="if the warm-up run takes longer than this, time a single run")
+    parser.add_argument("--cell-timeout", type=float, default=240.0,
+                        help="seconds allowed per cell (library × quantity), profiled run included")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-gb", type=float, default=6.0,
@@ -122,25 +126,67 @@ def _settle_garbage(full: bool = False) -> None:
     gc.freeze()
 
 
-def _cell(library: Library, quantity: str, problem: Problem, args, baseline) -> dict:
+class CellTimeout(Exception):
+    """A cell ran past ``--cell-timeout``."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise :class:`CellTimeout` in the main thread after ``seconds`` (between two torch operations)."""
+    if seconds <= 0:
+        raise CellTimeout("no time left (--cell-timeout)")
+
+    def stop(signum, frame):
+        raise CellTimeout(f"stopped after --cell-timeout")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _cell(library: Library, quantity: str, problem: Problem, args, baseline, base_s: float) -> dict:
+    """Time one (library, quantity): a profiled first run (peak memory, doubles as warm-up), then
+    :func:`measure_paired`. Slow cells get one timed run; a cell past ``--cell-timeout`` keeps the profiled
+    run's time if it has one (marked ``from_profiled_run``), else reports ``timeout`` with a lower bound."""
     row = {"library": library.value, "quantity": quantity}
     _settle_garbage()
+    start = time.perf_counter()
+    left = lambda: args.cell_timeout - (time.perf_counter() - start)  # noqa: E731
+    first = None
     try:
-        start = time.perf_counter()
         fn = prepare(library, quantity, problem, args.max_gb * 2**30)
         row["setup_s"] = time.perf_counter() - start
-        timing = measure_paired(fn, baseline, args.repeats, args.warmup, args.slow_s)
-        peak = None if args.no_memory else measure_peak_memory(fn)
+        warmup, repeats = args.warmup, args.repeats
+        if not args.no_memory:  # the profiled run is the first warm-up run
+            with _time_limit(left()):
+                first = profiled_run(fn)
+            warmup = max(warmup - 1, 0)
+            if first.seconds > args.slow_s:
+                warmup, repeats = 0, 1
+        with _time_limit(left()):
+            timing = measure_paired(fn, baseline, repeats, warmup, args.slow_s)
     except NotOffered:
         return {**row, "status": "n/a"}
     except TooLarge as err:
         return {**row, "status": "skip", "error": str(err)}
+    except CellTimeout:
+        elapsed = time.perf_counter() - start
+        if first is None:
+            return {**row, "status": "timeout", "ratio_lower_bound": elapsed / base_s,
+                    "error": f"no run finished within --cell-timeout {args.cell_timeout:g} s"}
+        return {**row, "status": "ok", "median_s": first.seconds, "min_s": first.seconds, "max_s": first.seconds,
+                "repeats": 1, "truncated": True, "from_profiled_run": True, "ratio": first.seconds / base_s,
+                "baseline_median_s": base_s, "peak_bytes": first.peak_bytes}
     except Exception as err:  # noqa: BLE001 - a failing library is a result, not a crash
         return {**row, "status": "error", "error": f"{type(err).__name__}: {err}"[:400]}
     work = timing.work
     return {**row, "status": "ok", "median_s": work.median_s, "min_s": work.min_s, "max_s": work.max_s,
-            "repeats": work.repeats, "truncated": work.truncated, "ratio": timing.ratio,
-            "baseline_median_s": timing.baseline.median_s, "peak_bytes": peak}
+            "repeats": work.repeats, "truncated": work.truncated or repeats < args.repeats, "ratio": timing.ratio,
+            "baseline_median_s": timing.baseline.median_s, "peak_bytes": None if first is None else first.peak_bytes}
 
 
 def run_model(key: str, args) -> dict:
@@ -153,7 +199,7 @@ def run_model(key: str, args) -> dict:
     for quantity in args.quantities:
         for library in args.libraries:
             start = time.perf_counter()
-            cells.append(_cell(library, quantity, problem, args, base))
+            cells.append(_cell(library, quantity, problem, args, base, before.median_s))
             print(f"  [{key}] {quantity:<15} {library.value:<11} {_format_cell(cells[-1]):<16} "
                   f"({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
     _settle_garbage()
@@ -168,11 +214,14 @@ def run_model(key: str, args) -> dict:
 def _format_cell(cell: dict | None) -> str:
     if cell is None or cell["status"] == "n/a":
         return "—"
+    if cell["status"] == "timeout":
+        return f">{cell['ratio_lower_bound']:.0f}× (timeout)"
     if cell["status"] != "ok":
         return cell["status"] if cell["status"] == "skip" else "err"
     mem = "" if cell["peak_bytes"] is None else " " + format_bytes(cell["peak_bytes"]).replace(" MiB", "M") \
         .replace(" GiB", "G").replace(" KiB", "K")
-    return f"{cell['ratio']:.2f}×{'¹' if cell['truncated'] else ''}{mem}"
+    mark = "²" if cell.get("from_profiled_run") else ("¹" if cell["truncated"] else "")
+    return f"{cell['ratio']:.2f}×{mark}{mem}"
 
 
 def format_table(result: dict, libraries: list[Library], quantities: list[str]) -> str:
@@ -188,7 +237,7 @@ def format_table(result: dict, libraries: list[Library], quantities: list[str]) 
         rows.append(row)
         for lib in libraries:
             cell = by.get((q, lib.value))
-            if cell and cell["status"] in ("error", "skip"):
+            if cell and cell["status"] in ("error", "skip", "timeout"):
                 notes.append(f"  {q} / {lib.value}: {cell['error']}")
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [f"({result['key']}) {result['description']}, P = {result['num_params']:,}",
@@ -200,8 +249,11 @@ def format_table(result: dict, libraries: list[Library], quantities: list[str]) 
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
-    if any(c.get("truncated") for c in result["cells"]):
-        lines.append("  ¹ warm-up slower than --slow-s: a single timed run")
+    if any(c.get("truncated") and not c.get("from_profiled_run") for c in result["cells"]):
+        lines.append("  ¹ first run slower than --slow-s: a single timed run")
+    if any(c.get("from_profiled_run") for c in result["cells"]):
+        lines.append("  ² only the profiled run finished within --cell-timeout: its time (profiler overhead "
+                     "included), ratio to the baseline measured before the cells")
     return "\n".join(lines + notes)
 
 

@@ -77,7 +77,9 @@ def peer_rows(model, loss_fn, x, y, v_list, v_flat) -> dict[str, Callable[[], ob
         from nngeometry.object import PMatImplicit
         from nngeometry.object.vector import PVector
 
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=x.shape[0])
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, y), batch_size=x.shape[0]
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fim = FIM(model, loader, PMatImplicit, variant="classif_logits", device="cpu")
@@ -90,7 +92,9 @@ def peer_rows(model, loss_fn, x, y, v_list, v_flat) -> dict[str, Callable[[], ob
 
 def main(argv=None) -> list[tuple[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small model, few repeats (smoke test)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small model, few repeats (smoke test)"
+    )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
@@ -107,7 +111,10 @@ def main(argv=None) -> list[tuple[str, float]]:
     params = [p for p in model.parameters()]
     num_params = sum(p.numel() for p in params)
     v_flat = torch.randn(num_params)
-    v_list = [t.reshape(p.shape) for t, p in zip(v_flat.split([p.numel() for p in params]), params)]
+    v_list = [
+        t.reshape(p.shape)
+        for t, p in zip(v_flat.split([p.numel() for p in params]), params, strict=False)
+    ]
 
     def gradient():
         return torch.autograd.grad(loss_fn(model(x), y), params)
@@ -119,18 +126,35 @@ def main(argv=None) -> list[tuple[str, float]]:
         ("curvlab GGN-vp (cached)", GGNOperator(model, loss_fn, data)),
         ("curvlab GGN-vp (uncached)", GGNOperator(model, loss_fn, data, cache=False)),
         ("curvlab HVP double backward (cached)", HessianOperator(model, loss_fn, data)),
-        ("curvlab HVP double backward (uncached)", HessianOperator(model, loss_fn, data, cache=False)),
-        ("curvlab HVP forward-over-reverse", HessianOperator(model, loss_fn, data, method="forward_over_reverse")),
-        ("curvlab MC Fisher-vp (M=1, cached)", FisherMCOperator(model, loss_fn, data, generator=torch.Generator().manual_seed(0))),
-        ("curvlab empirical Fisher-vp (per-sample gradients)", EmpiricalFisherOperator(model, loss_fn, data, strategy="per_sample_gradients")),
-        ("curvlab empirical Fisher-vp (Jacobian products)", EmpiricalFisherOperator(model, loss_fn, data, strategy="jacobian_products")),
+        (
+            "curvlab HVP double backward (uncached)",
+            HessianOperator(model, loss_fn, data, cache=False),
+        ),
+        (
+            "curvlab HVP forward-over-reverse",
+            HessianOperator(model, loss_fn, data, method="forward_over_reverse"),
+        ),
+        (
+            "curvlab MC Fisher-vp (M=1, cached)",
+            FisherMCOperator(model, loss_fn, data, generator=torch.Generator().manual_seed(0)),
+        ),
+        (
+            "curvlab empirical Fisher-vp (per-sample gradients)",
+            EmpiricalFisherOperator(model, loss_fn, data, strategy="per_sample_gradients"),
+        ),
+        (
+            "curvlab empirical Fisher-vp (Jacobian products)",
+            EmpiricalFisherOperator(model, loss_fn, data, strategy="jacobian_products"),
+        ),
         ("curvlab complex-step HVP (complex64)", ComplexStepHessianOperator(model, loss_fn, data)),
     ]:
-        ours[label] = (lambda op=op: op @ v_flat)
+        ours[label] = lambda op=op: op @ v_flat
     rows = {**ours, **peer_rows(model, loss_fn, x, y, v_list, v_flat)}
     results = [("one gradient (forward + backward)", 1.0)]
-    print(f"MLP {sizes[0]}-{'-'.join(map(str, sizes[1]))}-{sizes[2]} sigmoid, CE, batch {batch}, float32, P={num_params}, "
-          f"torch {torch.__version__}, threads={torch.get_num_threads()}, repeats={repeats}")
+    print(
+        f"MLP {sizes[0]}-{'-'.join(map(str, sizes[1]))}-{sizes[2]} sigmoid, CE, batch {batch}, float32, P={num_params}, "
+        f"torch {torch.__version__}, threads={torch.get_num_threads()}, repeats={repeats}"
+    )
     print(f"{'product':<55} {'ratio':>7}")
     print(f"{results[0][0]:<55} {1.0:>7.2f}   ({base * 1e3:.2f} ms)")
     for label, fn in rows.items():

@@ -43,6 +43,9 @@ _PUBLIC: dict[str, str] = {
     "KroneckerFactors": "curvlab.repr",
     "KroneckerCurvature": "curvlab.repr",
     "SummaryMatrix": "curvlab.repr",
+    "SquareRootCurvature": "curvlab.repr",
+    "BiasConvention": "curvlab.repr",
+    "KroneckerLayout": "curvlab.repr",
     "save": "curvlab.io",
     "load": "curvlab.io",
     # statistics engine

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import tempfile
 from collections.abc import Mapping
@@ -49,6 +50,15 @@ KINDS: Mapping[str, str] = {
 }
 
 _ENGINE = "h5netcdf"
+
+
+def _require_backend() -> None:
+    """ImportError with the fix if h5netcdf's HDF5 backend, h5py, is not installed."""
+    if importlib.util.find_spec("h5py") is None:
+        raise ImportError(
+            "curvlab.save/load write netCDF-4 through h5netcdf, which needs h5py: "
+            "pip install 'h5netcdf[h5py]'"
+        )
 
 
 def _resolve(kind: str):
@@ -101,6 +111,7 @@ def save(obj: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         FileNotFoundError: the directory of ``path`` does not exist.
         TypeError: ``obj`` has no ``to_xarray``, or an attribute is not netCDF-safe.
         ValueError: the export's ``curvlab_kind`` is missing or unknown to :func:`load`.
+        ImportError: h5py (h5netcdf's HDF5 backend) is not installed.
     """
     path = Path(path)
     if not callable(getattr(obj, "to_xarray", None)):
@@ -124,6 +135,7 @@ def save(obj: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
             f"back (known: {', '.join(KINDS)}); add it to curvlab.io.KINDS"
         )
     _check_attr_values(data)
+    _require_backend()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -146,10 +158,12 @@ def load(path: str | os.PathLike, *, raw: bool = False) -> Any:
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: ``curvlab_kind`` names a kind not in :data:`KINDS`.
+        ImportError: h5py (h5netcdf's HDF5 backend) is not installed.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no file {path}")
+    _require_backend()
     tree = xr.load_datatree(path, engine=_ENGINE)
     data: xr.Dataset | xr.DataTree = tree if tree.children else tree.to_dataset()
     kind = data.attrs.get("curvlab_kind")

@@ -37,8 +37,8 @@ def _versions() -> dict[str, str]:
 
     return {
         "curvlab_version": __version__,
-        "torch_version": torch.__version__,
-        "xarray_version": xarray.__version__,
+        "torch_version": str(torch.__version__),
+        "xarray_version": str(xarray.__version__),
         "git_sha": _git_sha(),
     }
 

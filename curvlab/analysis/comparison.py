@@ -6,10 +6,10 @@ Layout of the dataset :func:`compare` returns (dims in brackets):
   diagonal block of the partition and on the whole matrix (``block = "all"``);
 * ``step_quality`` [approximation, block, step_metric, damping]: ``step_cosine`` and ``decrease_ratio``
   (:mod:`~curvlab.analysis.steps`) with the gradient restricted to each block, and overall;
-* ``interaction`` [row_group, col_group]: interaction strength of the exact matrix
+* ``interaction`` [group_i, group_j]: interaction strength of the exact matrix
   (:mod:`~curvlab.analysis.interactions`);
 * with a GroupedNewton summary: ``summary_hbar``, ``summary_normalized`` and ``summary_inverse_normalized``
-  [summary_row, summary_col]; its step quality is the row ``approximation = "summary"`` (overall only;
+  [summary_i, summary_j]; its step quality is the row ``approximation = "summary"`` (overall only;
   the summary has no P×P matrix, so its matrix metrics and per-block values are NaN).
 
 Tracking across training concatenates these datasets along a ``step`` dimension.
@@ -182,7 +182,7 @@ class _ExactBlock:
 
 def _summary_variables(summary: SummaryInput) -> dict[str, xr.DataArray]:
     names = list(summary.partition.group_names) if hasattr(summary.partition, "group_names") else None
-    dims = {"row_group": "summary_row", "col_group": "summary_col"}
+    dims = {"group_i": "summary_i", "group_j": "summary_j"}
     hbar = normalized_summary(summary.hbar, names)
     raw = hbar.copy(data=summary.hbar.numpy())
     raw.attrs = {"long_name": "GroupedNewton summary H̄_ij = u_iᵀH_ij u_j", "units": "loss"}

@@ -10,7 +10,7 @@ each block is a scalar and the interaction reduces to |H̄_ij| / √(|H̄_ii| |H
 :func:`normalized_summary` keeps the sign, H̄_ij / √(|H̄_ii| |H̄_jj|), which the heatmaps show.
 The same applies to H̄⁻¹ (``inverse=True``).
 
-Results are ``xarray.DataArray`` [S, S] with dims ``row_group``/``col_group`` labelled by group name.
+Results are ``xarray.DataArray`` [S, S] with dims ``group_i``/``group_j`` labelled by group name.
 
 Example:
     >>> import torch
@@ -37,7 +37,7 @@ __all__ = [
     "summary_matrix",
 ]
 
-ROW, COL = "row_group", "col_group"
+ROW, COL = "group_i", "group_j"
 
 
 def _labelled(values: torch.Tensor | np.ndarray, names: Sequence[str], long_name: str) -> xr.DataArray:

@@ -67,8 +67,8 @@ def _unflatten(ds: xr.Dataset) -> xr.DataTree:
         nodes[path] = part
     root = ds[[n for n in ds.data_vars if n not in claimed]]
     root.attrs = {k: v for k, v in ds.attrs.items() if SEP not in k and k != _TREE_FLAG}
-    nodes["/"] = root
-    return xr.DataTree.from_dict(nodes)
+    ordered = {"/": root, **{path: nodes[path] for path in paths}}  # the order they were written in
+    return xr.DataTree.from_dict(ordered)
 
 
 _JSON = "json:"
@@ -134,6 +134,8 @@ def read(path: str | os.PathLike) -> xr.Dataset | xr.DataTree:
         for var in ds.variables.values():
             var.attrs = _decode_attrs(var.attrs)
         return _unflatten(ds) if ds.attrs.get(_TREE_FLAG) else ds
+    if not magic.startswith(b"\x89HDF"):
+        raise ValueError(f"{path} is not a netCDF file")
     if engine() != "h5netcdf":
         raise ValueError(f"{path} is a netCDF-4/HDF5 file; reading it needs the h5py package")
     tree = xr.load_datatree(path, engine="h5netcdf")

@@ -41,6 +41,9 @@ from curvlab.cli.common import (
 
 DEFAULT_QUANTITIES = ("kfac", "kflr", "kfra", "ekfac", "diag_ggn", "diag_hessian", "ggn_block", "summary")
 SMOKE = {"steps": 4, "samples": 32, "limit": 200, "hidden": (6,), "measure_every": 4, "dampings": (1e-2, 1.0)}
+#: defaults that ``--smoke`` replaces (options given explicitly are kept)
+_SMOKE_REPLACES = {"steps": 300, "samples": 256, "limit": None, "hidden": (16, 16), "measure_every": None,
+                   "dampings": curvlab.analysis.DEFAULT_DAMPINGS}
 
 
 def _names(text: str) -> list[str]:
@@ -80,15 +83,19 @@ def add_parser(sub) -> None:
     group.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     group.add_argument("--state-dict", type=Path, default=None, help="start from these weights (torch.save'd)")
+    group.add_argument("--threads", type=positive_int, default=1,
+                       help="torch threads (default 1: the matrices are small, and threads contend on busy machines)")
     group.add_argument("--smoke", action="store_true",
-                       help="tiny and fast (CI): 200 samples, hidden 6, 4 steps, 32 measurement samples")
+                       help="tiny and fast (CI): 200 samples, hidden 6, 4 steps, 32 measurement samples "
+                            "(options given explicitly are kept)")
     parser.set_defaults(run=run)
 
 
 def _validate(args: argparse.Namespace) -> list[str]:
     if args.smoke:
         for key, value in SMOKE.items():
-            setattr(args, key, value)
+            if getattr(args, key) == _SMOKE_REPLACES[key]:
+                setattr(args, key, value)
     quantities = _names(args.quantities)
     unknown = [q for q in quantities if q not in curvlab.analysis.APPROXIMATIONS]
     if unknown or not quantities:
@@ -112,6 +119,7 @@ def _load_state(model: torch.nn.Module, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     quantities = _validate(args)
+    torch.set_num_threads(args.threads)
     data, model, loss_fn = build_setup(args)
     if args.state_dict is not None:
         _load_state(model, args.state_dict)

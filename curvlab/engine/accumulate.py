@@ -98,5 +98,6 @@ class Accumulator:
         out = BatchStatistics(self.normalizer, self.count)
         out.sums = {k: v / weight for k, v in self.sums.items()}
         out.inputs = {k: v / self.count for k, v in self.inputs.items()}
-        out.rows = {k: torch.cat(v) / math.sqrt(weight) for k, v in self.rows.items()}
+        scale = 1 / math.sqrt(weight)
+        out.rows = {k: (v[0].mul_(scale) if len(v) == 1 else torch.cat(v).mul_(scale)) for k, v in self.rows.items()}
         return out

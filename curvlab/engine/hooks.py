@@ -34,6 +34,7 @@ from curvlab.engine.accumulate import Accumulator
 from curvlab.engine.hessian import full_hessian
 from curvlab.engine.model_check import Layer, supported_layers
 from curvlab.engine.quantities import Quantity, Source, parse_quantities
+from curvlab.engine.result import model_partition
 from curvlab.engine.rules import RULES, ModuleRule, Record
 from curvlab.engine.statistics import EngineConfig, batch_statistics
 from curvlab.errors import UnsupportedModuleError
@@ -95,6 +96,8 @@ class CurvatureHooks:
         self.config = EngineConfig(mc_samples, generator, ekfac_basis)
         self.layers: list[Layer] = supported_layers(model, rules)
         self._by_module = {id(layer.module): layer for layer in self.layers}
+        part = model_partition(model, "layer")
+        self._layout = {g.name: g.contiguous for g in part.groups}
         self.accumulator = Accumulator(self.adapter.reduction)
         self._handles: list[Any] = []
         self._tensor_handles: list[Any] = []
@@ -139,7 +142,7 @@ class CurvatureHooks:
 
     def result(self, partition="layer", attrs: Mapping[str, Any] | None = None):
         """The :class:`~curvlab.engine.result.Curvature` of all recorded batches."""
-        from curvlab.engine.result import assemble
+        from curvlab.engine.result import assemble  # noqa: PLC0415
 
         self._flush()
         return assemble(self.model, self.quantities, self.accumulator.result(), partition, attrs)
@@ -228,7 +231,7 @@ class CurvatureHooks:
                         "need it)"
                     )
                 record.grad = record.grad * z
-        stats = batch_statistics(records, outputs, self.adapter, self.quantities, self.config)
+        stats = batch_statistics(records, outputs, self.adapter, self.quantities, self.config, self._layout)
         if Quantity.HESSIAN in self.quantities:
             stats.sums[("hessian", "", "full")] = full_hessian(
                 self.model, trace.inputs, outputs, records[-1].grad.flatten(1),

@@ -20,6 +20,8 @@ results always by the "layer" partition (their structure).
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -29,8 +31,8 @@ from torch import nn
 
 from curvlab.engine.quantities import Form, Quantity
 from curvlab.engine.statistics import BatchStatistics
-from curvlab.guards import check_finite
-from curvlab.partition import Partition
+from curvlab.errors import NonFiniteError
+from curvlab.partition import ParameterInfo, Partition
 from curvlab.repr import (
     BlockDiagonalCurvature,
     CurvatureRepresentation,
@@ -97,6 +99,30 @@ class Curvature(Mapping[str, CurvatureRepresentation]):
         return f"Curvature({', '.join(f'{k}: {type(v).__name__}' for k, v in self._reps.items())})"
 
 
+@functools.lru_cache(maxsize=64)
+def _partition(params: tuple[ParameterInfo, ...], kind: str) -> Partition:
+    """Partitions are immutable and cost O(P log P) to build: cache them per parameter layout."""
+    return Partition.from_params(params, kind)
+
+
+def model_partition(model: nn.Module, kind) -> Partition:
+    """``Partition.from_model(model, kind)``, cached for string kinds."""
+    if isinstance(kind, Partition):
+        return kind
+    if isinstance(kind, str):
+        return _partition(Partition.describe(model), kind)
+    return Partition.from_model(model, kind)
+
+
+@functools.lru_cache(maxsize=256)
+def _factor_partition(weight_shape: tuple[int, ...], bias: int) -> Partition:
+    """The canonical "weight" (+ "bias") partition of one Kronecker-factored layer."""
+    params = [ParameterInfo("weight", "", weight_shape, 0)]
+    if bias:
+        params.append(ParameterInfo("bias", "", (bias,), math.prod(weight_shape)))
+    return Partition(params, {p.name: [(p.name, None)] for p in params}, "canonical")
+
+
 def _layer_tensors(
     stats: BatchStatistics, quantity: str, part: str, layers: Sequence[str]
 ) -> dict[str, torch.Tensor]:
@@ -111,30 +137,33 @@ def assemble(
     attrs: Mapping[str, Any] | None = None,
 ) -> Curvature:
     """Build the representations of ``quantities`` from combined, scaled statistics."""
-    layer_part = Partition.from_model(model, "layer")
-    user_part = Partition.from_model(model, partition) if not isinstance(partition, Partition) else partition
+    layer_part = model_partition(model, "layer")
+    user_part = model_partition(model, partition)
     layers = layer_part.group_names
     modules = dict(model.named_modules())
     reps: dict[str, CurvatureRepresentation] = {}
     common = {"attrs": attrs}
     for q in quantities:
-        name = q.value
-        if q is Quantity.HESSIAN:
-            matrix = check_finite(stats.sums[("hessian", "", "full")], "hessian")
-            reps[name] = DenseCurvature(matrix, user_part, quantity=name, **common)
-        elif q.form is Form.BLOCK:
-            blocks = {k: check_finite(v, f"{name} block of layer {k!r}") for k, v in _layer_tensors(stats, name, "block", layers).items()}
-            reps[name] = BlockDiagonalCurvature(blocks, layer_part, quantity=name, **common)
-        elif q.form is Form.DIAG:
-            diag = torch.cat([stats.sums[(name, layer, "diag")] for layer in layers])
-            reps[name] = DiagonalCurvature(check_finite(diag, name), user_part, quantity=name, **common)
-        elif q.form is Form.FULL:
-            rows = [stats.rows[(name, layer, "rows")] for layer in layers]
-            factor = torch.cat(rows, dim=1)
-            reps[name] = SquareRootCurvature(check_finite(factor, name), user_part, quantity=name, **common)
-        else:
-            reps[name] = _kronecker(q, stats, layer_part, modules, common)
+        try:
+            reps[q.value] = _representation(q, stats, layer_part, user_part, modules, common)
+        except NonFiniteError as error:
+            raise NonFiniteError(f"{q.value}: {error}") from None
     return Curvature(reps, user_part, attrs)
+
+
+def _representation(q: Quantity, stats, layer_part, user_part, modules, common) -> CurvatureRepresentation:
+    name, layers = q.value, layer_part.group_names
+    if q is Quantity.HESSIAN:
+        return DenseCurvature(stats.sums[("hessian", "", "full")], user_part, quantity=name, **common)
+    if q.form is Form.BLOCK:
+        blocks = _layer_tensors(stats, name, "block", layers)
+        return BlockDiagonalCurvature(blocks, layer_part, quantity=name, **common)
+    if q.form is Form.DIAG:
+        diag = torch.cat([stats.sums[(name, layer, "diag")] for layer in layers])
+        return DiagonalCurvature(diag, user_part, quantity=name, **common)
+    if q.form is Form.FULL:
+        return SquareRootCurvature(stats.rows[(name, "", "rows")], user_part, quantity=name, **common)
+    return _kronecker(q, stats, layer_part, modules, common)
 
 
 def kronecker_factors(stats: BatchStatistics, quantity: str, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,18 +177,18 @@ def _kronecker(q: Quantity, stats: BatchStatistics, layer_part: Partition, modul
     layers: dict[str, KroneckerFactors | torch.Tensor] = {}
     for layer in layer_part.group_names:
         if (name, layer, "block") in stats.sums:
-            layers[layer] = check_finite(stats.sums[(name, layer, "block")], f"{name} block of layer {layer!r}")
+            layers[layer] = stats.sums[(name, layer, "block")]
             continue
         A, G = kronecker_factors(stats, name, layer)
         module = modules[layer]
         scaling = stats.sums[(name, layer, "scaling")] if q.form is Form.EKFAC else None
-        layers[layer] = KroneckerFactors(
-            check_finite(A, f"{name} A of layer {layer!r}"),
-            check_finite(G, f"{name} G of layer {layer!r}"),
-            bias=getattr(module, "bias", None) is not None and module.bias.requires_grad,
-            bias_convention="augmented",
-            scaling=None if scaling is None else check_finite(scaling, f"{name} scaling of layer {layer!r}"),
-            weight_shape=tuple(module.weight.shape),
-            quantity=name,
-        )
+        bias = getattr(module, "bias", None) is not None and module.bias.requires_grad
+        shape = tuple(module.weight.shape)
+        try:
+            layers[layer] = KroneckerFactors(
+                A, G, bias=bias, bias_convention="augmented", scaling=scaling, weight_shape=shape,
+                partition=_factor_partition(shape, shape[0] if bias else 0), quantity=name,
+            )
+        except NonFiniteError as error:
+            raise NonFiniteError(f"layer {layer!r}: {error}") from None
     return KroneckerCurvature(layers, layer_part, quantity=name, **common)

@@ -22,6 +22,7 @@ import torch
 
 from curvlab.engine.quantities import Form, Quantity, Source
 from curvlab.engine.rules import ParameterRule, Record
+from curvlab.guards import check_dense_allocation
 from curvlab.losses import LossAdapter
 
 __all__ = ["BatchStatistics", "EngineConfig", "batch_statistics", "uses_kronecker"]
@@ -98,9 +99,15 @@ def batch_statistics(
     adapter: LossAdapter,
     quantities: Sequence[Quantity],
     config: EngineConfig,
+    layout: Mapping[str, slice],
 ) -> BatchStatistics:
     """Unscaled statistics of one recorded batch for ``quantities`` (``hessian`` excluded: see
-    :mod:`curvlab.engine.hessian`)."""
+    :mod:`curvlab.engine.hessian`).
+
+    ``layout`` maps each parameterised layer to its slice of the flat parameter vector; full
+    square-root factors are written straight into one [N·K, P] tensor per quantity (key
+    ``(quantity, "", "rows")``).
+    """
     stats = BatchStatistics(adapter.normalizer(outputs), outputs.shape[0])
     by_source: dict[Source, list[Quantity]] = {}
     for q in quantities:
@@ -120,20 +127,36 @@ def batch_statistics(
         if source is Source.HESSIAN:
             _hessian(records, outputs, adapter, qs, stats)
         elif source is Source.EMPIRICAL:
+            full = _full_buffers(qs, outputs, 1, layout, stats)
             for record in records:
                 if record.rule.has_parameters:
-                    _visit_factor(record, record.grad.unsqueeze(1), qs, config, stats)
+                    _visit_factor(record, record.grad.unsqueeze(1), qs, config, stats, full, layout)
         elif source in (Source.GGN, Source.MC):
             start = _output_factor(source, adapter, outputs, config)
+            full = _full_buffers(qs, outputs, start.shape[1], layout, stats)
             extra = [Quantity.KFRA] if source is Source.GGN and Source.KFRA in by_source else []
             _propagate(
                 records, start, lambda r, v: r.rule.backprop(r, v),
-                lambda r, v: _visit_factor(r, v, qs + extra, config, stats),
+                lambda r, v: _visit_factor(r, v, qs + extra, config, stats, full, layout),
             )
     return stats
 
 
-def _visit_factor(record: Record, factor, quantities, config: EngineConfig, stats: BatchStatistics) -> None:
+def _full_buffers(quantities, outputs, columns: int, layout, stats: BatchStatistics) -> dict[str, torch.Tensor]:
+    """One [N, K, P] buffer per full quantity, registered as its rows."""
+    num_params = max(s.stop for s in layout.values())
+    buffers = {}
+    for q in quantities:
+        if q.form is Form.FULL:
+            check_dense_allocation((outputs.shape[0] * columns, num_params), outputs.dtype, f"{q.value} factor")
+            buffer = outputs.new_zeros(outputs.shape[0], columns, num_params)
+            stats.rows[(q.value, "", "rows")] = buffer.view(-1, num_params)
+            buffers[q.value] = buffer
+    return buffers
+
+
+def _visit_factor(record: Record, factor, quantities, config: EngineConfig, stats: BatchStatistics,
+                  full: Mapping[str, torch.Tensor] | None = None, layout: Mapping[str, slice] | None = None) -> None:
     rule, layer = record.rule, record.name
     for q in quantities:
         name = q.value
@@ -142,7 +165,7 @@ def _visit_factor(record: Record, factor, quantities, config: EngineConfig, stat
         elif q.form is Form.DIAG:
             stats.sums[(name, layer, "diag")] = rule.diag(record, factor)
         elif q.form is Form.FULL:
-            stats.rows[(name, layer, "rows")] = rule.param_factor(record, factor).flatten(0, 1)
+            rule.param_factor_into(record, factor, full[name][:, :, layout[layer]])
         elif not uses_kronecker(rule, record):
             stats.sums[(name, layer, "block")] = rule.block(record, factor)
         elif q.form is Form.KRONECKER and q is not Quantity.KFRA:
@@ -158,6 +181,10 @@ def _visit_factor(record: Record, factor, quantities, config: EngineConfig, stat
 
 
 def _hessian(records, outputs, adapter: LossAdapter, quantities, stats: BatchStatistics) -> None:
+    if all(q.form is Form.DIAG for q in quantities):
+        _diag_hessian(records, outputs, adapter, stats)
+        return
+
     def visit(record: Record, hessian: torch.Tensor) -> None:
         for q in quantities:
             if q.form is Form.BLOCK:
@@ -176,3 +203,37 @@ def _kfra(records, outputs, adapter: LossAdapter, stats: BatchStatistics) -> Non
 
     start = adapter.output_hessian(outputs).sum(0)  # Σ_n H_n, unscaled
     _propagate(records, start, lambda r, g: r.rule.kfra_backprop(r, g), visit)
+
+
+def _diag_hessian(records, outputs, adapter: LossAdapter, stats: BatchStatistics) -> None:
+    """The Hessian diagonal without per-sample Hessian matrices.
+
+    Every per-sample Hessian on the way down is kept as H = Σ_t V_t diag(w_t) V_tᵀ + diag(d): weighted
+    square-root factors (the GGN's S with unit weights, and residual terms converted to unit columns
+    weighted by d) plus a diagonal d that elementwise, reshaping and BatchNorm modules keep diagonal.
+    A diagonal becomes a factor only when a module mixes features (Linear, Conv, pooling), through its
+    Jacobian rows; for an MLP with two hidden layers nothing of size [N, D, D] is ever multiplied.
+    Cost: O(N · K · D) per module for the GGN part, plus O(N · D_m · D) per module below the residual of
+    layer m once it has become a factor (Botev's recursion costs O(N · D³) per layer).
+    """
+    first = next(i for i, r in enumerate(records) if r.rule.has_parameters)
+    terms: list[tuple[torch.Tensor, torch.Tensor | None]] = [(_output_factor(Source.GGN, adapter, outputs, None), None)]
+    diagonal: torch.Tensor | None = None
+    for i in range(len(records) - 1, first - 1, -1):
+        record, rule = records[i], records[i].rule
+        if rule.has_parameters:
+            total = sum(rule.signed_diag(record, v, w) for v, w in terms)
+            if diagonal is not None:
+                total = total + rule.diag_from_diagonal(record, diagonal)
+            stats.sums[("diag_hessian", record.name, "diag")] = total
+        if i == first:
+            break
+        terms = [(rule.backprop(record, v), w) for v, w in terms]
+        if diagonal is not None:
+            passed = rule.backprop_diagonal(record, diagonal)
+            if passed is None:
+                terms.append((rule.jacobian_rows(record), diagonal.flatten(1)))
+            diagonal = passed
+        residual = rule.second_derivative_diagonal(record)
+        if residual is not None:
+            diagonal = residual if diagonal is None else diagonal + residual

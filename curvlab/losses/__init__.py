@@ -223,6 +223,11 @@ class CrossEntropyAdapter(LossAdapter):
             raise UnsupportedLossError(
                 f"{self.name}: targets use ignore_index={self.loss_fn.ignore_index}, which is not supported"
             )
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= outputs.shape[1]):
+            raise UnsupportedLossError(
+                f"{self.name}: class indices must lie in [0, {outputs.shape[1]}), got "
+                f"{int(targets.min())}..{int(targets.max())}"
+            )
 
     def _flat_targets(self, targets, outputs):
         return targets

@@ -25,7 +25,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 
 from curvlab.errors import CurvlabError
-from curvlab.operators.cg import CGSettings, conjugate_gradient
+from curvlab.operators.cg import DEFAULT_CG, CGSettings, conjugate_gradient
 from curvlab.operators.restriction import BlockView, scipy_operator, sub_partition
 from curvlab.partition import Partition
 from curvlab.repr.base import CurvatureRepresentation
@@ -58,7 +58,7 @@ class CurvatureOperator(CurvatureRepresentation):
         quantity: str,
         dtype: torch.dtype,
         device: torch.device,
-        cg: CGSettings = CGSettings(),
+        cg: CGSettings = DEFAULT_CG,
         attrs=None,
     ):
         super().__init__(partition, quantity=quantity, attrs=attrs)
@@ -151,7 +151,9 @@ class CurvatureOperator(CurvatureRepresentation):
         partition, indices = sub_partition(self.partition, names)
         return RestrictedOperator(self, indices, partition)
 
-    def block_operator(self, row_groups: str | Sequence[str], col_groups: str | Sequence[str]) -> BlockView:
+    def block_operator(
+        self, row_groups: str | Sequence[str], col_groups: str | Sequence[str]
+    ) -> BlockView:
         """The off-diagonal block C[R, C] between two sets of groups, as a rectangular :class:`BlockView`.
 
         Example:
@@ -165,14 +167,22 @@ class CurvatureOperator(CurvatureRepresentation):
         """
         rows = [row_groups] if isinstance(row_groups, str) else list(row_groups)
         cols = [col_groups] if isinstance(col_groups, str) else list(col_groups)
-        return BlockView(self, sub_partition(self.partition, rows)[1], sub_partition(self.partition, cols)[1], rows, cols)
+        return BlockView(
+            self,
+            sub_partition(self.partition, rows)[1],
+            sub_partition(self.partition, cols)[1],
+            rows,
+            cols,
+        )
 
     # ------------------------------------------------------------------ export
     def to_dense_curvature(self):
         """The materialised matrix as a :class:`curvlab.repr.DenseCurvature` (P products, budget-guarded)."""
         from curvlab.repr import DenseCurvature
 
-        return DenseCurvature(self.dense(), self.partition, quantity=self.quantity, attrs=self.attrs)
+        return DenseCurvature(
+            self.dense(), self.partition, quantity=self.quantity, attrs=self.attrs
+        )
 
     def to_xarray(self):
         """Export the materialised dense matrix (see :meth:`to_dense_curvature`); refuses over the memory budget.
@@ -204,13 +214,19 @@ class RestrictedOperator(CurvatureOperator):
 
     def __init__(self, parent: CurvatureOperator, indices: torch.Tensor, partition: Partition):
         super().__init__(
-            partition, quantity=parent.quantity, dtype=parent.dtype, device=parent.device, cg=parent.cg,
+            partition,
+            quantity=parent.quantity,
+            dtype=parent.dtype,
+            device=parent.device,
+            cg=parent.cg,
             attrs={**parent.attrs, "restricted_to": ", ".join(partition.group_names)},
         )
         self.parent, self.indices = parent, indices
 
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
-        full = torch.zeros((self.parent.shape[0], *v.shape[1:]), dtype=self.dtype, device=self.device)
+        full = torch.zeros(
+            (self.parent.shape[0], *v.shape[1:]), dtype=self.dtype, device=self.device
+        )
         full[self.indices] = v
         return self.parent.matvec(full)[self.indices]
 

@@ -18,7 +18,7 @@ import torch
 
 from curvlab.errors import CurvlabWarning
 
-__all__ = ["CGResult", "CGSettings", "conjugate_gradient"]
+__all__ = ["DEFAULT_CG", "CGResult", "CGSettings", "conjugate_gradient"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class CGSettings:
 
     rtol: float = 1e-10
     maxiter: int | None = None
+
+
+#: The default stopping rule (rtol 1e-10, at most 10·P iterations).
+DEFAULT_CG = CGSettings()
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ def conjugate_gradient(
     matvec: Callable[[torch.Tensor], torch.Tensor],
     b: torch.Tensor,
     damping: float = 0.0,
-    settings: CGSettings = CGSettings(),
+    settings: CGSettings = DEFAULT_CG,
 ) -> CGResult:
     """Solve (A + damping·I) x = b by CG for symmetric positive-definite A given as ``matvec``.
 
@@ -67,7 +71,9 @@ def conjugate_gradient(
         (True, 2)
     """
     if b.ndim == 2:
-        results = [conjugate_gradient(matvec, b[:, k], damping, settings) for k in range(b.shape[1])]
+        results = [
+            conjugate_gradient(matvec, b[:, k], damping, settings) for k in range(b.shape[1])
+        ]
         return CGResult(
             torch.stack([r.solution for r in results], dim=1),
             max((r.iterations for r in results), default=0),

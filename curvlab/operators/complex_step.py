@@ -30,7 +30,7 @@ from torch import nn
 from curvlab.data import Data
 from curvlab.errors import UnsupportedLossError, UnsupportedModuleError
 from curvlab.losses import BCEWithLogitsAdapter, CrossEntropyAdapter, LossAdapter, MSEAdapter
-from curvlab.operators.cg import CGSettings
+from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.operators.model_operator import ModelCurvatureOperator
 from curvlab.partition import Partition, PartitionSpec
 
@@ -40,14 +40,49 @@ EPSILON = 2.0**-50
 
 _KINK = "piecewise definition with a kink, not analytic"
 _REFUSED: tuple[tuple[tuple[type, ...], str], ...] = (
-    ((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.Hardtanh,
-      nn.Hardsigmoid, nn.Hardswish, nn.Hardshrink, nn.Softshrink, nn.Threshold), _KINK),
-    ((nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.FractionalMaxPool2d,
-      nn.FractionalMaxPool3d), "max is not analytic"),
+    (
+        (
+            nn.ReLU,
+            nn.ReLU6,
+            nn.LeakyReLU,
+            nn.PReLU,
+            nn.RReLU,
+            nn.ELU,
+            nn.SELU,
+            nn.CELU,
+            nn.Hardtanh,
+            nn.Hardsigmoid,
+            nn.Hardswish,
+            nn.Hardshrink,
+            nn.Softshrink,
+            nn.Threshold,
+        ),
+        _KINK,
+    ),
+    (
+        (
+            nn.modules.pooling._MaxPoolNd,
+            nn.modules.pooling._AdaptiveMaxPoolNd,
+            nn.FractionalMaxPool2d,
+            nn.FractionalMaxPool3d,
+        ),
+        "max is not analytic",
+    ),
     ((nn.Softsign, nn.modules.pooling._LPPoolNd), "uses |x|, not analytic"),
-    ((nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm), "variance of complex values uses |z|²"),
-    ((nn.GELU, nn.Softplus, nn.Mish, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd),
-     "analytic, but PyTorch has no complex kernel for it"),
+    (
+        (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm),
+        "variance of complex values uses |z|²",
+    ),
+    (
+        (
+            nn.GELU,
+            nn.Softplus,
+            nn.Mish,
+            nn.modules.pooling._AvgPoolNd,
+            nn.modules.pooling._AdaptiveAvgPoolNd,
+        ),
+        "analytic, but PyTorch has no complex kernel for it",
+    ),
 )
 
 
@@ -121,11 +156,18 @@ def _complex_loss(adapter: LossAdapter, f: torch.Tensor, targets: torch.Tensor) 
         lse = (flat - shift).exp().sum(1).log() + shift[:, 0]
         total = (lse - flat.gather(1, targets[:, None])[:, 0]).sum()
     elif isinstance(adapter, BCEWithLogitsAdapter):
-        positive = flat.real > 0  # softplus(f) = f + log1p(e^{-f}) where Re f > 0, else log1p(e^{f})
-        softplus = torch.where(positive, flat, torch.zeros_like(flat)) + torch.where(positive, -flat, flat).exp().log1p()
+        positive = (
+            flat.real > 0
+        )  # softplus(f) = f + log1p(e^{-f}) where Re f > 0, else log1p(e^{f})
+        softplus = (
+            torch.where(positive, flat, torch.zeros_like(flat))
+            + torch.where(positive, -flat, flat).exp().log1p()
+        )
         total = (softplus - targets.reshape(flat.shape).to(flat.dtype) * flat).sum()
     else:
-        raise UnsupportedLossError(f"{adapter.name}: no analytic complex formula for the complex step")
+        raise UnsupportedLossError(
+            f"{adapter.name}: no analytic complex formula for the complex step"
+        )
     return total / z
 
 
@@ -157,14 +199,24 @@ class ComplexStepHessianOperator(ModelCurvatureOperator):
         *,
         epsilon: float = EPSILON,
         partition: PartitionSpec | Partition = "canonical",
-        cg: CGSettings = CGSettings(),
+        cg: CGSettings = DEFAULT_CG,
     ):
         check_analytic(model)
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
         self.epsilon = float(epsilon)
-        super().__init__(model, loss_fn, data, quantity="hessian", partition=partition, cg=cg, epsilon=self.epsilon)
-        _complex_loss(self.loss, self.outputs[0], self.batches[0][1])  # refuse unsupported losses now
+        super().__init__(
+            model,
+            loss_fn,
+            data,
+            quantity="hessian",
+            partition=partition,
+            cg=cg,
+            epsilon=self.epsilon,
+        )
+        _complex_loss(
+            self.loss, self.outputs[0], self.batches[0][1]
+        )  # refuse unsupported losses now
         self._complex_dtype = (torch.ones((), dtype=self.dtype) * 1j).dtype
 
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
@@ -172,7 +224,10 @@ class ComplexStepHessianOperator(ModelCurvatureOperator):
         total = torch.zeros_like(v)
         for b, (x, y) in enumerate(self.batches):
             with torch.enable_grad():
-                zs = tuple((p + (1j * self.epsilon) * u).requires_grad_() for p, u in zip(self.params, vs))
+                zs = tuple(
+                    (p + (1j * self.epsilon) * u).requires_grad_()
+                    for p, u in zip(self.params, vs, strict=False)
+                )
                 inputs = x.to(self._complex_dtype) if x.is_floating_point() else x
                 with _module_tracker(self.model) as running:
                     try:
@@ -183,6 +238,8 @@ class ComplexStepHessianOperator(ModelCurvatureOperator):
                             f"complex-step forward failed in module {where}: {err}"
                         ) from err
                 loss = self.weights[b] * _complex_loss(self.loss, outputs, y)
-                grads = torch.autograd.grad(loss.real, zs, allow_unused=True, materialize_grads=True)
+                grads = torch.autograd.grad(
+                    loss.real, zs, allow_unused=True, materialize_grads=True
+                )
             total += -self.flatten(grads).imag / self.epsilon
         return total

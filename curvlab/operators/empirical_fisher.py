@@ -17,6 +17,7 @@ E = (1/Z) Σ_n g_n g_nᵀ over all data for reduction ``"mean"`` (Σ_n g_n g_n�
 from __future__ import annotations
 
 import enum
+import json
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from torch.func import grad, vmap
 from curvlab.data import Data
 from curvlab.guards import get_memory_budget
 from curvlab.losses import LossAdapter
-from curvlab.operators.cg import CGSettings
+from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.operators.sandwich import OutputSandwichOperator
 from curvlab.partition import Partition, PartitionSpec
 
@@ -71,33 +72,55 @@ class EmpiricalFisherOperator(OutputSandwichOperator):
         strategy: EmpiricalFisherStrategy | str = EmpiricalFisherStrategy.AUTO,
         cache: bool = True,
         partition: PartitionSpec | Partition = "canonical",
-        cg: CGSettings = CGSettings(),
+        cg: CGSettings = DEFAULT_CG,
     ):
         self.cache = cache
         strategy = EmpiricalFisherStrategy(strategy)
-        super().__init__(model, loss_fn, data, quantity="empirical_fisher", partition=partition, cg=cg)
-        self.residuals = [self.loss.output_gradient(out, y) for out, (_, y) in zip(self.outputs, self.batches)]
+        super().__init__(
+            model,
+            loss_fn,
+            data,
+            quantity="empirical_fisher",
+            partition=partition,
+            cg=cg,
+            cache=cache,
+        )
+        self.residuals = [
+            self.loss.output_gradient(out, y)
+            for out, (_, y) in zip(self.outputs, self.batches, strict=False)
+        ]
         self.per_sample_gradients: list[torch.Tensor] | None = None
         if strategy is EmpiricalFisherStrategy.AUTO:
             n = sum(int(x.shape[0]) for x, _ in self.batches)
             entries = n * self.shape[0]
-            fits = entries <= _PER_SAMPLE_LIMIT and entries * self.params[0].element_size() <= get_memory_budget() // 4
+            fits = (
+                entries <= _PER_SAMPLE_LIMIT
+                and entries * self.params[0].element_size() <= get_memory_budget() // 4
+            )
             strategy = EmpiricalFisherStrategy.JACOBIAN_PRODUCTS
             if fits:
                 try:
                     self.per_sample_gradients = self._per_sample_gradients()
                     strategy = EmpiricalFisherStrategy.PER_SAMPLE_GRADIENTS
-                except (RuntimeError, NotImplementedError, ValueError):  # vmap does not support the model
+                except (
+                    RuntimeError,
+                    NotImplementedError,
+                    ValueError,
+                ):  # vmap does not support the model
                     pass
         elif strategy is EmpiricalFisherStrategy.PER_SAMPLE_GRADIENTS:
             self.per_sample_gradients = self._per_sample_gradients()
         self.strategy = strategy
-        self.attrs["config"] = f'{{"strategy": "{strategy.value}"}}'
+        self.attrs["config"] = json.dumps(
+            {**json.loads(self.attrs.get("config", "{}")), "strategy": strategy.value}
+        )
 
     def _per_sample_gradients(self) -> list[torch.Tensor]:
         """Per batch, the [N_b, P] matrix of ∇_θ ℓ_n (unscaled, at the observed targets)."""
 
-        def sample_loss(params, x, y):  # ℓ_n = Z_1 · loss of the one-sample batch (inputs were checked)
+        def sample_loss(
+            params, x, y
+        ):  # ℓ_n = Z_1 · loss of the one-sample batch (inputs were checked)
             out = self.forward(params, x[None])
             return self.loss.normalizer(out) * self.loss.loss_fn(out, y[None])
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from curvlab.data import Data
 from curvlab.losses import LossAdapter
-from curvlab.operators.cg import CGSettings
+from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.operators.sandwich import OutputSandwichOperator
 from curvlab.partition import Partition, PartitionSpec
 
@@ -52,14 +52,21 @@ class FisherMCOperator(OutputSandwichOperator):
         generator: torch.Generator | None = None,
         cache: bool = True,
         partition: PartitionSpec | Partition = "canonical",
-        cg: CGSettings = CGSettings(),
+        cg: CGSettings = DEFAULT_CG,
     ):
         if int(mc_samples) < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
         self.cache = cache
         self.mc_samples = int(mc_samples)
         super().__init__(
-            model, loss_fn, data, quantity="fisher_mc", partition=partition, cg=cg, mc_samples=self.mc_samples
+            model,
+            loss_fn,
+            data,
+            quantity="fisher_mc",
+            partition=partition,
+            cg=cg,
+            mc_samples=self.mc_samples,
+            cache=cache,
         )
         self.sqrt_factors = [
             self.loss.sqrt_hessian_mc(out, self.mc_samples, generator) for out in self.outputs

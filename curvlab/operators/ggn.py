@@ -12,7 +12,7 @@ from torch import nn
 
 from curvlab.data import Data
 from curvlab.losses import LossAdapter
-from curvlab.operators.cg import CGSettings
+from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.operators.sandwich import OutputSandwichOperator, output_hessian_product
 from curvlab.partition import Partition, PartitionSpec
 
@@ -45,10 +45,12 @@ class GGNOperator(OutputSandwichOperator):
         *,
         cache: bool = True,
         partition: PartitionSpec | Partition = "canonical",
-        cg: CGSettings = CGSettings(),
+        cg: CGSettings = DEFAULT_CG,
     ):
         self.cache = cache
-        super().__init__(model, loss_fn, data, quantity="ggn", partition=partition, cg=cg)
+        super().__init__(
+            model, loss_fn, data, quantity="ggn", partition=partition, cg=cg, cache=cache
+        )
 
     def _output_product(self, b: int, u: torch.Tensor) -> torch.Tensor:
         scale = self.weights[b] / self.normalizers[b]

@@ -20,7 +20,7 @@ from torch.func import grad, jvp
 
 from curvlab.data import Data
 from curvlab.losses import LossAdapter
-from curvlab.operators.cg import CGSettings
+from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.operators.model_operator import ModelCurvatureOperator, quiet_forward_ad
 from curvlab.partition import Partition, PartitionSpec
 
@@ -69,28 +69,40 @@ class HessianOperator(ModelCurvatureOperator):
         method: HVPMethod | str = HVPMethod.DOUBLE_BACKWARD,
         cache: bool = True,
         partition: PartitionSpec | Partition = "canonical",
-        cg: CGSettings = CGSettings(),
+        cg: CGSettings = DEFAULT_CG,
     ):
         self.method = HVPMethod(method)
         self.cache = cache
-        super().__init__(model, loss_fn, data, quantity="hessian", partition=partition, cg=cg, method=self.method.value)
+        super().__init__(
+            model,
+            loss_fn,
+            data,
+            quantity="hessian",
+            partition=partition,
+            cg=cg,
+            method=self.method.value,
+            cache=cache,
+        )
         self._cached: dict[int, object] = {}
 
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
         vs = self.unflatten(v)
-        total = torch.zeros_like(v)
+        total = None
         for b in range(len(self.batches)):
             if self.method is HVPMethod.DOUBLE_BACKWARD:
-                total += self._double_backward(b, vs)
+                part = self._double_backward(b, vs)
             else:
-                total += self._forward_over_reverse(b, vs)
+                part = self._forward_over_reverse(b, vs)
+            total = part if total is None else total.add_(part)  # no extra pass for a single batch
         return total
 
     # ------------------------------------------------------------------ reverse over reverse
     def _gradient_graph(self, b: int):
         leaves = tuple(p.clone().requires_grad_() for p in self.params)
         with torch.enable_grad():
-            grads = torch.autograd.grad(self.batch_loss(leaves, b), leaves, create_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(
+                self.batch_loss(leaves, b), leaves, create_graph=True, allow_unused=True
+            )
         return leaves, grads
 
     def _double_backward(self, b: int, vs) -> torch.Tensor:
@@ -101,10 +113,16 @@ class HessianOperator(ModelCurvatureOperator):
         else:
             leaves, grads = self._gradient_graph(b)
         with torch.enable_grad():
-            dot = sum((g * u).sum() for g, u in zip(grads, vs) if g is not None and g.requires_grad)
+            dot = sum(
+                (g * u).sum()
+                for g, u in zip(grads, vs, strict=False)
+                if g is not None and g.requires_grad
+            )
             if not isinstance(dot, torch.Tensor):  # the gradient does not depend on θ: H = 0
                 return torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
-            hv = torch.autograd.grad(dot, leaves, retain_graph=self.cache, allow_unused=True, materialize_grads=True)
+            hv = torch.autograd.grad(
+                dot, leaves, retain_graph=self.cache, allow_unused=True, materialize_grads=True
+            )
         return self.flatten(hv)
 
     # ------------------------------------------------------------------ forward over reverse

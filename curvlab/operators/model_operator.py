@@ -24,11 +24,11 @@ from curvlab.data import Data, iter_batches
 from curvlab.errors import CurvlabWarning
 from curvlab.losses import LossAdapter, combine_weight, loss_adapter
 from curvlab.operators.base import CurvatureOperator
-from curvlab.operators.cg import CGSettings
+from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.partition import Partition, PartitionSpec, trainable_parameters
 from curvlab.provenance import provenance
 
-__all__ = ["ModelCurvatureOperator", "quiet_forward_ad"]
+__all__ = ["ModelCurvatureOperator"]
 
 
 @contextlib.contextmanager
@@ -36,7 +36,9 @@ def quiet_forward_ad():
     """Hide the DeprecationWarning torch 2.13 emits when forward-mode AD first loads its decompositions
     (``torch.jit.script``) and the tracing notice of ``linearize``; nothing else is filtered."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning
+        )
         warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
         yield
 
@@ -60,7 +62,7 @@ class ModelCurvatureOperator(CurvatureOperator):
         *,
         quantity: str,
         partition: PartitionSpec | Partition = "canonical",
-        cg: CGSettings = CGSettings(),
+        cg: CGSettings = DEFAULT_CG,
         **config,
     ):
         if not isinstance(model, nn.Module):
@@ -69,7 +71,9 @@ class ModelCurvatureOperator(CurvatureOperator):
         part = Partition.from_model(model, partition)
         dtypes = {p.dtype for _, p in named}
         if len(dtypes) != 1:
-            raise TypeError(f"{type(model).__qualname__}: trainable parameters mix dtypes {sorted(map(str, dtypes))}")
+            raise TypeError(
+                f"{type(model).__qualname__}: trainable parameters mix dtypes {sorted(map(str, dtypes))}"
+            )
         dtype, device = named[0][1].dtype, named[0][1].device
         self.model = model
         self.loss = loss_adapter(loss_fn)
@@ -80,21 +84,24 @@ class ModelCurvatureOperator(CurvatureOperator):
         _warn_if_random(model)
         with torch.no_grad():
             outputs = [self.forward(self.params, x) for x, _ in self.batches]
-        for out, (_, y) in zip(outputs, self.batches):
+        for out, (_, y) in zip(outputs, self.batches, strict=False):
             self.loss.check(out, y)
         self.outputs = outputs
         self.normalizers = [self.loss.normalizer(out) for out in outputs]
         self.weights = combine_weight(self.normalizers, self.loss.reduction)
         attrs = provenance(
-            model=model, loss_fn=self.loss.loss_fn, batch_size=sum(int(x.shape[0]) for x, _ in self.batches),
-            dtype=dtype, config={k: str(v) for k, v in config.items()},
+            model=model,
+            loss_fn=self.loss.loss_fn,
+            batch_size=sum(int(x.shape[0]) for x, _ in self.batches),
+            dtype=dtype,
+            config={"operator": type(self).__name__, **config},
         )
         super().__init__(part, quantity=quantity, dtype=dtype, device=device, cg=cg, attrs=attrs)
 
     # ------------------------------------------------------------------ functional model
     def forward(self, params: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         """The model's outputs at ``params`` (tensors shaped like the trainable parameters)."""
-        state = {**self._buffers, **dict(zip(self.param_names, params))}
+        state = {**self._buffers, **dict(zip(self.param_names, params, strict=False))}
         return functional_call(self.model, state, (inputs,))
 
     def batch_loss(self, params: Sequence[torch.Tensor], b: int) -> torch.Tensor:

@@ -20,7 +20,9 @@ from curvlab.partition import ParameterInfo, Partition
 __all__ = ["BlockView", "scipy_operator", "sub_partition"]
 
 
-def sub_partition(partition: Partition, group_names: Sequence[str]) -> tuple[Partition, torch.Tensor]:
+def sub_partition(
+    partition: Partition, group_names: Sequence[str]
+) -> tuple[Partition, torch.Tensor]:
     """The partition of the named groups alone, and their flat indices [n] in the parent (ascending).
 
     Parameters keep their names; a parameter only partly covered (``"entries"`` partitions) becomes a
@@ -44,7 +46,9 @@ def sub_partition(partition: Partition, group_names: Sequence[str]) -> tuple[Par
     indices = torch.cat([g.indices for g in groups]).sort().values
     covered = set(indices.tolist())
     params: list[ParameterInfo] = []
-    local: dict[str, dict[int, int]] = {}  # param name -> parent flat index -> entry in the new param
+    local: dict[
+        str, dict[int, int]
+    ] = {}  # param name -> parent flat index -> entry in the new param
     offset = 0
     for info in partition.params:
         mine = [i for i in range(info.offset, info.offset + info.numel) if i in covered]
@@ -58,13 +62,17 @@ def sub_partition(partition: Partition, group_names: Sequence[str]) -> tuple[Par
     for g in groups:
         members: list[tuple[str, int | None]] = []
         for info in g.params:
-            entries = [int(i) for i in g.indices if info.offset <= int(i) < info.offset + info.numel]
+            entries = [
+                int(i) for i in g.indices if info.offset <= int(i) < info.offset + info.numel
+            ]
             if len(entries) == info.numel:
                 members.append((info.name, None))
             else:
                 members += [(info.name, local[info.name][i]) for i in entries]
         assignment[g.name] = members
-    return Partition(params, assignment, kind=f"{partition.kind}[{', '.join(g.name for g in groups)}]"), indices
+    return Partition(
+        params, assignment, kind=f"{partition.kind}[{', '.join(g.name for g in groups)}]"
+    ), indices
 
 
 class BlockView:
@@ -98,8 +106,12 @@ class BlockView:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """C[R, C] v for v of shape [|C|] or [|C|, K]."""
         if v.ndim not in (1, 2) or v.shape[0] != self.shape[1]:
-            raise ValueError(f"block operator expects shape [{self.shape[1]}] or [{self.shape[1]}, K], got {tuple(v.shape)}")
-        full = torch.zeros((self.parent.shape[0], *v.shape[1:]), dtype=self.dtype, device=self.device)
+            raise ValueError(
+                f"block operator expects shape [{self.shape[1]}] or [{self.shape[1]}, K], got {tuple(v.shape)}"
+            )
+        full = torch.zeros(
+            (self.parent.shape[0], *v.shape[1:]), dtype=self.dtype, device=self.device
+        )
         full[self.cols] = v.to(self.dtype)
         return self.parent.matvec(full)[self.rows]
 
@@ -110,7 +122,9 @@ class BlockView:
         """The [|R|, |C|] block, one parent product per column (guarded by the memory budget)."""
         check_dense_allocation(self.shape, self.dtype, "block_operator dense()")
         eye = torch.eye(self.shape[1], dtype=self.dtype, device=self.device)
-        return torch.cat([self.matvec(eye[:, s : s + 256]) for s in range(0, self.shape[1], 256)], dim=1)
+        return torch.cat(
+            [self.matvec(eye[:, s : s + 256]) for s in range(0, self.shape[1], 256)], dim=1
+        )
 
     def to_scipy(self) -> LinearOperator:
         """A ``scipy.sparse.linalg.LinearOperator`` of shape [|R|, |C|] (float64 numpy in and out)."""
@@ -120,8 +134,19 @@ class BlockView:
         return f"BlockView(rows={self.row_groups}, cols={self.col_groups}, shape={self.shape})"
 
 
-def scipy_operator(shape, matvec, rmatvec, dtype: torch.dtype, device: torch.device) -> LinearOperator:
-    """Wrap torch products as a float64 ``scipy.sparse.linalg.LinearOperator`` (numpy in and out)."""
+def scipy_operator(
+    shape, matvec, rmatvec, dtype: torch.dtype, device: torch.device
+) -> LinearOperator:
+    """Wrap torch products v ↦ A v and v ↦ Aᵀ v ([n] or [n, K]) as a float64 ``scipy.sparse.linalg.LinearOperator``.
+
+    Numpy arrays come in and go out in float64; the torch side runs in ``dtype`` on ``device``.
+
+    Example:
+        >>> a = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+        >>> lin = scipy_operator((2, 2), a.__matmul__, a.T.__matmul__, torch.float32, torch.device("cpu"))
+        >>> lin.matvec(np.ones(2)).tolist(), lin.rmatvec(np.ones(2)).tolist()
+        ([3.0, 1.0], [1.0, 3.0])
+    """
 
     def wrap(fn):
         def apply(v):
@@ -131,6 +156,10 @@ def scipy_operator(shape, matvec, rmatvec, dtype: torch.dtype, device: torch.dev
         return apply
 
     return LinearOperator(
-        shape, matvec=wrap(matvec), rmatvec=wrap(rmatvec), matmat=wrap(matvec), rmatmat=wrap(rmatvec),
+        shape,
+        matvec=wrap(matvec),
+        rmatvec=wrap(rmatvec),
+        matmat=wrap(matvec),
+        rmatmat=wrap(rmatvec),
         dtype=np.float64,
     )

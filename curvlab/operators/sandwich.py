@@ -55,7 +55,9 @@ class OutputSandwichOperator(ModelCurvatureOperator):
         try:
             with quiet_forward_ad():
                 jvp_fn = linearize(outputs, *self.params)[1]
-        except Exception as err:  # tracing can fail on exotic models: fall back to a fresh jvp per product
+        except (
+            Exception
+        ) as err:  # tracing can fail on exotic models: fall back to a fresh jvp per product
             warnings.warn(
                 f"{type(self).__name__}: torch.func.linearize failed ({type(err).__name__}: {err}); products "
                 "use an uncached jvp instead",
@@ -73,12 +75,13 @@ class OutputSandwichOperator(ModelCurvatureOperator):
 
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
         vs = self.unflatten(v)
-        total = torch.zeros_like(v)
+        total = None
         for b in range(len(self.batches)):
             jvp_fn, vjp_fn = self._batch_functions(b)
             ju = jvp_fn(*vs)
             mu = self._output_product(b, ju.reshape(ju.shape[0], -1)).reshape(ju.shape)
-            total += self.flatten(vjp_fn(mu))
+            part = self.flatten(vjp_fn(mu))
+            total = part if total is None else total.add_(part)  # no extra pass for a single batch
         return total
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import xarray as xr
 
 from curvlab.partition import Partition
 from curvlab.repr._checks import RESERVED_ATTRS
@@ -131,3 +132,12 @@ def require(ds: Any, names: Sequence[str], kind: str) -> None:
     for name in names:
         if name not in ds.variables:
             raise ValueError(f"the {kind!r} export lacks the variable {name!r}")
+
+
+def child_dataset(tree: Any, name: str, kind: str) -> xr.Dataset:
+    """The dataset of the child group ``name`` of a DataTree export, or an error naming what is wrong."""
+    if not isinstance(tree, xr.DataTree):
+        raise TypeError(f"a {kind!r} export is an xarray.DataTree, got {type(tree).__qualname__}")
+    if name not in tree.children:
+        raise ValueError(f"the {kind!r} export lacks the group {name!r}")
+    return tree[name].to_dataset()

@@ -5,7 +5,7 @@ flat parameters (see :mod:`curvlab.partition`), labelled by a :class:`~curvlab.p
 Entries an approximation does not cover are zero (e.g. off-diagonal blocks of a block-diagonal one).
 
 Public methods are templates: they validate, guard memory and finiteness, then call a private hook
-that subclasses implement. Subclasses must implement ``_dense`` and ``_to_dataset``/``_from_dataset``
+that subclasses implement. Subclasses must implement ``_dense`` and ``_to_xarray``/``_from_xarray``
 and should override the others where they have a cheaper route than the dense matrix.
 """
 

@@ -11,6 +11,7 @@ import xarray as xr
 from curvlab.partition import Partition
 from curvlab.repr._checks import check_attrs, check_same_dtype_device, check_square
 from curvlab.repr._export import (
+    child_dataset,
     decode_common,
     export_attrs_node,
     flat_coords,
@@ -224,16 +225,7 @@ class BlockDiagonalCurvature(BlockStructured):
         partition, quantity, attrs = decode_common(obj.attrs, cls.kind)
         blocks = {}
         for g, name in enumerate(partition.group_names):
-            node = _child(obj, f"block{g}", cls.kind)
+            node = child_dataset(obj, f"block{g}", cls.kind)
             require(node, ["matrix"], cls.kind)
             blocks[name] = to_tensor(node["matrix"].transpose("row", "col").values)
         return cls(blocks, partition, quantity=quantity, attrs=attrs)
-
-
-def _child(tree, name: str, kind: str):
-    """The dataset of child node ``name`` of a DataTree, or ValueError naming it."""
-    if not isinstance(tree, xr.DataTree):
-        raise TypeError(f"a {kind!r} export is an xarray.DataTree, got {type(tree).__qualname__}")
-    if name not in tree.children:
-        raise ValueError(f"the {kind!r} export lacks the group {name!r}")
-    return tree[name].to_dataset()

@@ -296,7 +296,12 @@ class KroneckerFactors(CurvatureRepresentation):
         return check_finite(out, f"{self.quantity} solve_factored")
 
     def default_pi(self) -> float:
-        """π = sqrt((tr A / dim A) / (tr G / dim G)), the factored-Tikhonov balance of Martens & Grosse."""
+        """π = sqrt((tr A / dim A) / (tr G / dim G)), the factored-Tikhonov balance of Martens & Grosse.
+
+        Example:
+            >>> KroneckerFactors(8 * torch.eye(3), 2 * torch.eye(2)).default_pi()
+            2.0
+        """
         mean_a = float(self.A.diagonal().mean())
         mean_g = float(self.G.diagonal().mean())
         if not (mean_a > 0 and mean_g > 0):

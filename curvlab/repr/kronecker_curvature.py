@@ -10,8 +10,8 @@ import xarray as xr
 
 from curvlab.partition import Partition
 from curvlab.repr._checks import check_attrs, check_same_dtype_device, check_square
-from curvlab.repr._export import decode_common, export_attrs_node, require, to_tensor
-from curvlab.repr.block_diagonal import BlockStructured, DenseBlock, _child
+from curvlab.repr._export import child_dataset, decode_common, export_attrs_node, require, to_tensor
+from curvlab.repr.block_diagonal import BlockStructured, DenseBlock
 from curvlab.repr.kronecker import KroneckerFactors
 
 __all__ = ["KroneckerCurvature"]
@@ -136,7 +136,7 @@ class KroneckerCurvature(BlockStructured):
         partition, quantity, attrs = decode_common(obj.attrs, cls.kind)
         layers: dict[str, KroneckerFactors | torch.Tensor] = {}
         for g, name in enumerate(partition.group_names):
-            node = _child(obj, f"layer{g}", cls.kind)
+            node = child_dataset(obj, f"layer{g}", cls.kind)
             block = node.attrs.get("block")
             node.attrs = {k: v for k, v in node.attrs.items() if k not in _NODE_ATTRS}
             if block == "kronecker":

@@ -26,7 +26,6 @@ class SymmetricMatrix:
 
     size: int
     _matmat: Callable[[torch.Tensor], torch.Tensor]
-    scipy: LinearOperator
     dense: Callable[[], torch.Tensor]
     partition: Partition | None = None
     num_matvecs: int = 0
@@ -35,9 +34,11 @@ class SymmetricMatrix:
         self.num_matvecs += 1 if v.ndim == 1 else v.shape[1]
         return self._matmat(v)
 
-    def counted_scipy(self) -> LinearOperator:
-        """The scipy view, counting its products in ``num_matvecs``."""
-        return scipy_operator((self.size, self.size), self.matmat, self.matmat, torch.float64, torch.device("cpu"))
+    def to_scipy(self) -> LinearOperator:
+        """A float64 scipy view whose products are counted in ``num_matvecs``."""
+        return scipy_operator(
+            (self.size, self.size), self.matmat, self.matmat, torch.float64, torch.device("cpu")
+        )
 
 
 def as_symmetric_matrix(op) -> SymmetricMatrix:
@@ -46,17 +47,18 @@ def as_symmetric_matrix(op) -> SymmetricMatrix:
         size = op.shape[0]
 
         def matmat(v):
-            return op.matvec(v.to(op.dtype)).to(torch.float64).cpu()
+            return op.matvec(v.to(device=op.device, dtype=op.dtype)).to(torch.float64).cpu()
 
-        lin = op.to_scipy() if hasattr(op, "to_scipy") else scipy_operator(op.shape, op.matvec, op.matvec, op.dtype, op.device)
-        return SymmetricMatrix(size, matmat, lin, lambda: op.dense().to(torch.float64).cpu(), op.partition)
+        return SymmetricMatrix(
+            size, matmat, lambda: op.dense().to(torch.float64).cpu(), op.partition
+        )
     if isinstance(op, np.ndarray):
         op = torch.from_numpy(op)
     if isinstance(op, torch.Tensor):
         if op.ndim != 2 or op.shape[0] != op.shape[1]:
             raise ValueError(f"a dense matrix must be square [P, P], got {tuple(op.shape)}")
         matrix = op.detach().to(torch.float64).cpu()
-        return SymmetricMatrix(matrix.shape[0], lambda v: matrix @ v, scipy_operator(matrix.shape, matrix.__matmul__, matrix.__matmul__, torch.float64, torch.device("cpu")), lambda: matrix)
+        return SymmetricMatrix(matrix.shape[0], matrix.__matmul__, lambda: matrix)
     if isinstance(op, LinearOperator):
         if op.shape[0] != op.shape[1]:
             raise ValueError(f"a linear operator must be square, got shape {op.shape}")
@@ -69,7 +71,7 @@ def as_symmetric_matrix(op) -> SymmetricMatrix:
             check_dense_allocation(op.shape, torch.float64, "dense LinearOperator")
             return matmat(torch.eye(op.shape[0], dtype=torch.float64))
 
-        return SymmetricMatrix(op.shape[0], matmat, op, dense)
+        return SymmetricMatrix(op.shape[0], matmat, dense)
     raise TypeError(
         "expected a CurvatureRepresentation, a scipy LinearOperator or a dense torch/numpy matrix, "
         f"got {type(op).__qualname__}"

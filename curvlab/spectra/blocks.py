@@ -13,8 +13,15 @@ from curvlab.spectra.eigen import top_eigenvalues
 __all__ = ["block_spectra"]
 
 
-def block_spectra(op, groups: Sequence[str] | None = None, k: int = 5, *, dense_below: int = 64,
-                  generator: torch.Generator | None = None, **lanczos) -> xr.DataArray:
+def block_spectra(
+    op,
+    groups: Sequence[str] | None = None,
+    k: int = 5,
+    *,
+    dense_below: int = 64,
+    generator: torch.Generator | None = None,
+    **lanczos,
+) -> xr.DataArray:
     """The k largest eigenvalues of each diagonal block C_gg, descending; NaN where a block has fewer than k.
 
     Operators are restricted (``op.restrict([g])``) and their blocks solved by Lanczos; blocks of fewer than
@@ -51,10 +58,19 @@ def block_spectra(op, groups: Sequence[str] | None = None, k: int = 5, *, dense_
             values[i, : eig.numel()] = eig.cpu().numpy()
             methods.append("dense")
         else:
-            values[i] = top_eigenvalues(op.restrict([name]), k, generator=generator, **lanczos)["eigenvalues"].values
+            values[i] = top_eigenvalues(op.restrict([name]), k, generator=generator, **lanczos)[
+                "eigenvalues"
+            ].values
             methods.append("lanczos")
     return xr.DataArray(
-        values, dims=("group", "eigenvalue"),
-        coords={"group": names, "eigenvalue": np.arange(k), "group_size": ("group", sizes), "method": ("group", methods)},
-        name="block_eigenvalues", attrs={"long_name": "eigenvalue of the diagonal block", "order": "descending"},
+        values,
+        dims=("group", "eigenvalue"),
+        coords={
+            "group": names,
+            "eigenvalue": np.arange(k),
+            "group_size": ("group", sizes),
+            "method": ("group", methods),
+        },
+        name="block_eigenvalues",
+        attrs={"long_name": "eigenvalue of the diagonal block", "order": "descending"},
     )

@@ -50,9 +50,16 @@ def lanczos_tridiagonal(matvec, v0: torch.Tensor, steps: int) -> tuple[torch.Ten
     return torch.stack(alphas), (torch.stack(betas) if betas else torch.zeros(0, dtype=v.dtype))
 
 
-def density(op, num_probes: int = 10, lanczos_steps: int = 50, *, grid: int | np.ndarray | torch.Tensor = 1000,
-            sigma: float | None = None, generator: torch.Generator | None = None,
-            progress: bool = False) -> xr.Dataset:
+def density(
+    op,
+    num_probes: int = 10,
+    lanczos_steps: int = 50,
+    *,
+    grid: int | np.ndarray | torch.Tensor = 1000,
+    sigma: float | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
     """Spectral density of a symmetric [P, P] operator by stochastic Lanczos quadrature.
 
     Args:
@@ -76,7 +83,9 @@ def density(op, num_probes: int = 10, lanczos_steps: int = 50, *, grid: int | np
     matrix = as_symmetric_matrix(op)
     steps = min(lanczos_steps, matrix.size)
     if num_probes < 1 or steps < 1:
-        raise ValueError(f"density needs num_probes >= 1 and lanczos_steps >= 1, got {num_probes}, {lanczos_steps}")
+        raise ValueError(
+            f"density needs num_probes >= 1 and lanczos_steps >= 1, got {num_probes}, {lanczos_steps}"
+        )
     nodes = np.full((num_probes, steps), np.nan)
     weights = np.zeros((num_probes, steps))
     probes = rademacher(matrix.size, num_probes, generator)
@@ -94,7 +103,9 @@ def density(op, num_probes: int = 10, lanczos_steps: int = 50, *, grid: int | np
         grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, grid)
     grid = np.asarray(grid, dtype=np.float64)
     safe_nodes = np.where(np.isfinite(nodes), nodes, 0.0)
-    kernel = np.exp(-0.5 * ((grid[:, None, None] - safe_nodes[None]) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+    kernel = np.exp(-0.5 * ((grid[:, None, None] - safe_nodes[None]) / sigma) ** 2) / (
+        sigma * np.sqrt(2 * np.pi)
+    )
     values = (kernel * weights[None]).sum(axis=(1, 2)) / num_probes
     return xr.Dataset(
         {
@@ -102,10 +113,18 @@ def density(op, num_probes: int = 10, lanczos_steps: int = 50, *, grid: int | np
             "weights": (("probe", "node"), weights, {"long_name": "quadrature weight"}),
             "density": ("grid", values, {"long_name": "spectral density", "units": "1/eigenvalue"}),
         },
-        coords={"probe": np.arange(num_probes), "node": np.arange(steps),
-                "grid": ("grid", grid, {"long_name": "eigenvalue"})},
-        attrs={"method": "stochastic Lanczos quadrature", "sigma": float(sigma), "lanczos_steps": steps,
-               "num_probes": num_probes, "num_matvecs": matrix.num_matvecs},
+        coords={
+            "probe": np.arange(num_probes),
+            "node": np.arange(steps),
+            "grid": ("grid", grid, {"long_name": "eigenvalue"}),
+        },
+        attrs={
+            "method": "stochastic Lanczos quadrature",
+            "sigma": float(sigma),
+            "lanczos_steps": steps,
+            "num_probes": num_probes,
+            "num_matvecs": matrix.num_matvecs,
+        },
     )
 
 
@@ -118,5 +137,10 @@ def quadrature_moments(result: xr.Dataset, orders) -> xr.DataArray:
     nodes = np.nan_to_num(result["nodes"].values)
     weights = result["weights"].values
     values = np.array([(weights * nodes**k).sum(1).mean() for k in orders])
-    return xr.DataArray(values, dims=("order",), coords={"order": orders}, name="moments",
-                        attrs={"long_name": "normalised spectral moment tr(A^k)/P"})
+    return xr.DataArray(
+        values,
+        dims=("order",),
+        coords={"order": orders},
+        name="moments",
+        attrs={"long_name": "normalised spectral moment tr(A^k)/P"},
+    )

@@ -23,9 +23,16 @@ from curvlab.spectra._matrix import as_symmetric_matrix
 __all__ = ["bottom_eigenvalues", "eigvalsh", "extreme_eigenvalues", "top_eigenvalues"]
 
 
-def top_eigenvalues(op, k: int = 1, *, return_eigenvectors: bool = False, tol: float = 0.0,
-                    maxiter: int | None = None, ncv: int | None = None,
-                    generator: torch.Generator | None = None) -> xr.Dataset:
+def top_eigenvalues(
+    op,
+    k: int = 1,
+    *,
+    return_eigenvectors: bool = False,
+    tol: float = 0.0,
+    maxiter: int | None = None,
+    ncv: int | None = None,
+    generator: torch.Generator | None = None,
+) -> xr.Dataset:
     """The k largest (algebraic) eigenvalues, descending, by Lanczos.
 
     Args:
@@ -86,13 +93,18 @@ def eigvalsh(representation) -> xr.DataArray:
         >>> eigvalsh(torch.tensor([[2.0, 1.0], [1.0, 2.0]])).values.round(8).tolist()
         [1.0, 3.0]
     """
-    if hasattr(representation, "eigvalsh") and not isinstance(representation, (torch.Tensor, np.ndarray)):
+    if hasattr(representation, "eigvalsh") and not isinstance(
+        representation, (torch.Tensor, np.ndarray)
+    ):
         values = representation.eigvalsh().to(torch.float64).cpu()
     else:
         values = torch.linalg.eigvalsh(as_symmetric_matrix(representation).dense())
     return xr.DataArray(
-        values.numpy(), dims=("eigenvalue",), coords={"eigenvalue": np.arange(values.numel())},
-        name="eigenvalues", attrs={"long_name": "eigenvalue", "method": "dense eigvalsh", "order": "ascending"},
+        values.numpy(),
+        dims=("eigenvalue",),
+        coords={"eigenvalue": np.arange(values.numel())},
+        name="eigenvalues",
+        attrs={"long_name": "eigenvalue", "method": "dense eigvalsh", "order": "ascending"},
     )
 
 
@@ -100,26 +112,37 @@ def _options(kwargs):
     unknown = set(kwargs) - {"tol", "maxiter", "ncv", "generator"}
     if unknown:
         raise TypeError(f"unexpected arguments {sorted(unknown)}")
-    return {"tol": kwargs.get("tol", 0.0), "maxiter": kwargs.get("maxiter"), "ncv": kwargs.get("ncv"),
-            "generator": kwargs.get("generator")}
+    return {
+        "tol": kwargs.get("tol", 0.0),
+        "maxiter": kwargs.get("maxiter"),
+        "ncv": kwargs.get("ncv"),
+        "generator": kwargs.get("generator"),
+    }
 
 
-def _lanczos(op, k, which, return_eigenvectors=False, tol=0.0, maxiter=None, ncv=None, generator=None) -> xr.Dataset:
+def _lanczos(
+    op, k, which, return_eigenvectors=False, tol=0.0, maxiter=None, ncv=None, generator=None
+) -> xr.Dataset:
     matrix = as_symmetric_matrix(op)
     p = matrix.size
     if not 1 <= k < p:
-        raise ValueError(f"Lanczos needs 1 <= k < P = {p}, got k={k}; use eigvalsh for the whole spectrum")
+        raise ValueError(
+            f"Lanczos needs 1 <= k < P = {p}, got k={k}; use eigvalsh for the whole spectrum"
+        )
     v0 = torch.randn(p, dtype=torch.float64, generator=generator).numpy()
     converged = True
     try:
-        values, vectors = eigsh(matrix.counted_scipy(), k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0)
+        values, vectors = eigsh(
+            matrix.to_scipy(), k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0
+        )
     except ArpackNoConvergence as err:
         converged = False
         values, vectors = err.eigenvalues, err.eigenvectors
         warnings.warn(
             f"Lanczos (eigsh, which={which!r}) converged for {len(values)} of {k} eigenpairs after "
             f"{matrix.num_matvecs} products; the others are NaN (raise maxiter or tol)",
-            CurvlabWarning, stacklevel=3,
+            CurvlabWarning,
+            stacklevel=3,
         )
     order = np.argsort(values)
     if which != "SA":
@@ -137,11 +160,22 @@ def _lanczos(op, k, which, return_eigenvectors=False, tol=0.0, maxiter=None, ncv
     }
     if return_eigenvectors:
         vectors = np.concatenate([vectors, np.full((p, pad), np.nan)], axis=1)
-        data["eigenvectors"] = (("param", "eigenvalue"), vectors, {"long_name": "eigenvector (unit norm)"})
+        data["eigenvectors"] = (
+            ("param", "eigenvalue"),
+            vectors,
+            {"long_name": "eigenvector (unit norm)"},
+        )
     coords = {"eigenvalue": np.arange(k)}
     if return_eigenvectors and matrix.partition is not None:
         coords["group"] = ("param", matrix.partition.flat_labels()["group"])
-    return xr.Dataset(data, coords=coords, attrs={
-        "method": "lanczos (scipy eigsh, ARPACK)", "which": which, "converged": int(converged),
-        "num_matvecs": matrix.num_matvecs, "tol": float(tol),
-    })
+    return xr.Dataset(
+        data,
+        coords=coords,
+        attrs={
+            "method": "lanczos (scipy eigsh, ARPACK)",
+            "which": which,
+            "converged": int(converged),
+            "num_matvecs": matrix.num_matvecs,
+            "tol": float(tol),
+        },
+    )

@@ -33,8 +33,14 @@ class TraceMethod(enum.Enum):
     HUTCHPP = "hutchpp"
 
 
-def trace(op, method: TraceMethod | str = TraceMethod.HUTCHINSON, num_matvecs: int = 100, *,
-          generator: torch.Generator | None = None, progress: bool = False) -> xr.Dataset:
+def trace(
+    op,
+    method: TraceMethod | str = TraceMethod.HUTCHINSON,
+    num_matvecs: int = 100,
+    *,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
     """Estimate tr(A) with ``num_matvecs`` products (see the module docstring).
 
     Args:
@@ -56,7 +62,9 @@ def trace(op, method: TraceMethod | str = TraceMethod.HUTCHINSON, num_matvecs: i
     method = TraceMethod(method)
     matrix = as_symmetric_matrix(op)
     if num_matvecs < (3 if method is TraceMethod.HUTCHPP else 1):
-        raise ValueError(f"{method.value} needs num_matvecs >= {3 if method is TraceMethod.HUTCHPP else 1}, got {num_matvecs}")
+        raise ValueError(
+            f"{method.value} needs num_matvecs >= {3 if method is TraceMethod.HUTCHPP else 1}, got {num_matvecs}"
+        )
     bar = tqdm(total=num_matvecs, disable=not progress, desc=f"trace ({method.value})")
     exact_part = 0.0
     if method is TraceMethod.HUTCHPP:
@@ -71,7 +79,11 @@ def trace(op, method: TraceMethod | str = TraceMethod.HUTCHINSON, num_matvecs: i
     samples = (probes * _products(matrix, probes, bar)).sum(0)
     bar.close()
     estimate = exact_part + float(samples.mean())
-    stderr = float(samples.std(unbiased=True) / samples.numel() ** 0.5) if samples.numel() > 1 else float("nan")
+    stderr = (
+        float(samples.std(unbiased=True) / samples.numel() ** 0.5)
+        if samples.numel() > 1
+        else float("nan")
+    )
     return xr.Dataset(
         {
             "estimate": ((), estimate, {"long_name": "trace estimate"}),
@@ -79,12 +91,17 @@ def trace(op, method: TraceMethod | str = TraceMethod.HUTCHINSON, num_matvecs: i
             "samples": ("probe", samples.numpy(), {"long_name": "quadratic form zᵀAz per probe"}),
         },
         coords={"probe": np.arange(samples.numel())},
-        attrs={"method": method.value, "num_matvecs": matrix.num_matvecs, "deflated_trace": exact_part},
+        attrs={
+            "method": method.value,
+            "num_matvecs": matrix.num_matvecs,
+            "deflated_trace": exact_part,
+        },
     )
 
 
-def diagonal_estimate(op, num_matvecs: int = 100, *, generator: torch.Generator | None = None,
-                      progress: bool = False) -> xr.Dataset:
+def diagonal_estimate(
+    op, num_matvecs: int = 100, *, generator: torch.Generator | None = None, progress: bool = False
+) -> xr.Dataset:
     """Hutchinson's estimate of diag(A), [P], with ``num_matvecs`` Rademacher probes.
 
     Returns:
@@ -103,12 +120,24 @@ def diagonal_estimate(op, num_matvecs: int = 100, *, generator: torch.Generator 
     probes = rademacher(matrix.size, num_matvecs, generator)
     samples = probes * _products(matrix, probes, bar)  # [P, m]
     bar.close()
-    stderr = samples.std(1, unbiased=True) / num_matvecs**0.5 if num_matvecs > 1 else torch.full((matrix.size,), float("nan"))
-    coords = {"group": ("param", matrix.partition.flat_labels()["group"])} if matrix.partition is not None else {}
+    stderr = (
+        samples.std(1, unbiased=True) / num_matvecs**0.5
+        if num_matvecs > 1
+        else torch.full((matrix.size,), float("nan"))
+    )
+    coords = (
+        {"group": ("param", matrix.partition.flat_labels()["group"])}
+        if matrix.partition is not None
+        else {}
+    )
     return xr.Dataset(
         {
             "estimate": ("param", samples.mean(1).numpy(), {"long_name": "diagonal estimate"}),
-            "standard_error": ("param", stderr.numpy(), {"long_name": "standard error of the diagonal estimate"}),
+            "standard_error": (
+                "param",
+                stderr.numpy(),
+                {"long_name": "standard error of the diagonal estimate"},
+            ),
         },
         coords=coords,
         attrs={"method": "hutchinson", "num_matvecs": matrix.num_matvecs},

@@ -28,17 +28,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import jvp, vjp, vmap
+from torch.func import vmap
 
+from curvlab.summary import layer_rules as rules
 from curvlab.summary.problem import SummaryCurvature, SummaryProblem
 from curvlab.summary.terms import BatchTerms
 
-__all__ = ["AFFINE_LAYERS", "layered_stages", "layered_terms", "unsupported_reason"]
-
-#: Module types treated as affine stages z = A(x, W) + b.
-AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+__all__ = ["Stage", "layered_stages", "layered_terms", "unsupported_reason"]
 
 
 @dataclass(frozen=True)
@@ -79,66 +76,19 @@ def unsupported_reason(problem: SummaryProblem) -> str | None:
         return "a group holds part of a parameter tensor (e.g. the 'entries' partition)"
     for stage in layered_stages(problem):
         roles = {role for role, _ in stage.own}
-        if stage.own and not (isinstance(stage.module, AFFINE_LAYERS) and roles <= {"weight", "bias"}):
+        if stage.own and not (isinstance(stage.module, rules.AFFINE_LAYERS) and roles <= {"weight", "bias"}):
             return f"stage {type(stage.module).__qualname__} has trainable parameters but is not affine"
     return None
 
 
-def _linear_part(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A(x, W): the layer without its bias; x may carry extra leading dimensions (folded into N)."""
-    if isinstance(module, nn.Linear):
-        return F.linear(x, weight)
-    lead = x.shape[: x.ndim - module.weight.ndim + 1]  # conv input is [N, C, *spatial]
-    y = module._conv_forward(x.reshape(-1, *x.shape[len(lead):]), weight, None)
-    return y.reshape(*lead, *y.shape[1:])
+@dataclass
+class _Record:
+    """What the adjoint pass needs from the forward pass at one stage."""
 
-
-def _bias_shape(module: nn.Module, bias: torch.Tensor) -> torch.Tensor:
-    return bias if isinstance(module, nn.Linear) else bias.reshape(-1, *[1] * (module.weight.ndim - 2))
-
-
-def _taylor3(fn, x: torch.Tensor, jets: torch.Tensor) -> torch.Tensor:
-    """The first three derivatives of fn(x + t j₁ + t²/2 j₂ + t³/6 j₃) at t = 0, stacked [3, ...]."""
-    t0 = x.new_zeros(())
-    one = torch.ones_like(t0)
-
-    def path(t):
-        return fn(x + t * jets[0] + (t * t / 2) * jets[1] + (t**3 / 6) * jets[2])
-
-    def first(t):
-        return jvp(path, (t,), (one,))[1]
-
-    def second(t):
-        return jvp(first, (t,), (one,))
-
-    (y1, y2), (_, y3) = jvp(second, (t0,), (one,))
-    return torch.stack([y1, y2, y3])
-
-
-class _Tangents:
-    """The active groups and their tangents (or Taylor jets) [A, K, *x.shape], K = 1 or 3."""
-
-    def __init__(self, orders: int):
-        self.orders, self.groups, self.values = orders, [], None
-
-    def push(self, fn, x: torch.Tensor) -> torch.Tensor:
-        """Apply a parameter-free stage; returns its output and moves the tangents through it."""
-        if self.values is None:
-            return fn(x)
-        if self.orders == 1:
-            y, t = vmap(lambda v: jvp(fn, (x,), (v[0],)), out_dims=(None, 0))(self.values)
-            self.values = t.unsqueeze(1)
-            return y
-        self.values = vmap(lambda v: _taylor3(fn, x, v))(self.values)
-        return fn(x)
-
-    def add(self, group: int, order: int, term: torch.Tensor, like: torch.Tensor) -> None:
-        """values[group, order] += term, activating ``group`` (with zero tangents) if needed."""
-        if group not in self.groups:
-            fresh = like.new_zeros((1, self.orders, *like.shape))
-            self.values = fresh if self.values is None else torch.cat([self.values, fresh])
-            self.groups.append(group)
-        self.values[self.groups.index(group), order] += term
+    x: torch.Tensor  # stage input
+    first: torch.Tensor | None  # first-order input tangents [A, *x.shape] (None: no active group yet)
+    groups: list[int]  # the active groups, in the order of ``first``
+    derivs: rules.Derivatives | None = None  # first three derivatives of an elementwise stage
 
 
 def layered_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: torch.Tensor) -> BatchTerms:
@@ -149,90 +99,119 @@ def layered_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: torch.
 
 def _layered_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: torch.Tensor) -> BatchTerms:
     stages = layered_stages(problem)
-    tangents = _Tangents(3 if problem.order == 3 else 1)
-    saved = []  # per stage: (input, first-order input tangents [A, ...] or None, active groups)
-    x = inputs
+    hessian = problem.curvature is SummaryCurvature.HESSIAN
+    orders = 3 if problem.order == 3 else 1
+    need = 3 if orders == 3 else (2 if hessian else 1)
+    records: list[_Record] = []
+    x, jets, groups = inputs, None, []
     for stage in stages:
-        first = None if tangents.values is None else tangents.values[:, 0]
-        saved.append((x, first, list(tangents.groups)))
-        if not stage.own:
-            x = tangents.push(stage.module, x)
-            continue
+        record = _Record(x, None if jets is None else jets[0], list(groups))
+        records.append(record)
         m = stage.module
-        params = {role: problem.params[k] for role, k in stage.own}
-        weight = params.get("weight", m.weight)
-        bias = params.get("bias", m.bias)
-        y = _linear_part(m, x, weight)
-        if bias is not None:
-            y = y + _bias_shape(m, bias)
-        previous = tangents.values
-        if previous is not None:
-            tangents.values = _linear_part(m, previous, weight)
-        for role, k in stage.own:
-            g, u = problem.groups[k], problem.directions[k]
-            if role == "bias":
-                tangents.add(g, 0, _bias_shape(m, u), y)
-                continue
-            tangents.add(g, 0, _linear_part(m, x, u), y)
-            if tangents.orders == 3 and previous is not None and g in saved[-1][2]:
-                jets = previous[saved[-1][2].index(g)]
-                for j in (1, 2):
-                    tangents.add(g, j, (j + 1) * _linear_part(m, jets[j - 1], u), y)
-        x = y
+        if stage.own:
+            x, jets = _affine_stage(problem, stage, x, jets, groups, orders)
+        elif (rule := rules.ELEMENTWISE_RULES.get(type(m))) is not None:
+            x, record.derivs = rule(x, 0 if jets is None else need)
+            jets = None if jets is None else rules.elementwise_push(jets, record.derivs)
+        else:
+            x, jets = rules.generic_push(m, x, jets)
 
-    out, s = x, problem.num_groups
-    adapter = problem.adapter
+    out, s, adapter = x, problem.num_groups, problem.adapter
     adapter.check(out, targets)
     z = adapter.normalizer(out)
-    act = torch.tensor(tangents.groups, dtype=torch.long, device=out.device)
-    ft = tangents.values[:, 0].flatten(2)  # [A, N, C]
-    residual = adapter.output_gradient(out, targets) / z  # λ at the output, [N, C]
-    h_out = adapter.output_hessian(out) / z
-    sub = torch.einsum("anc,ncd,bnd->ab", ft, h_out, ft)
-    if problem.curvature is SummaryCurvature.HESSIAN:
-        sub = sub + _adjoint_terms(problem, stages, saved, residual.reshape(out.shape), act)
+    act = torch.tensor(groups, dtype=torch.long, device=out.device)
+    ft = jets[0].flatten(2)  # ∂f/∂η over the active groups, [A, N, C]
+    residual = adapter.output_gradient(out, targets) / z  # λ = ∂L/∂f, [N, C]
+    sub = torch.einsum("anc,ncd,bnd->ab", ft, adapter.output_hessian(out) / z, ft)
+    if hessian:
+        sub = sub + _adjoint_terms(problem, stages, records, residual.reshape(out.shape), groups)
     gbar = out.new_zeros(s).index_copy(0, act, torch.einsum("anc,nc->a", ft, residual))
     hbar = out.new_zeros(s, s)
     hbar[act[:, None], act[None, :]] = 0.5 * (sub + sub.T)
     d3 = None
     if problem.order == 3:
-        loss = lambda f: adapter.loss_fn(f, targets)  # noqa: E731
-        third = vmap(lambda v: _taylor3(loss, out, v)[2])(tangents.values)
-        d3 = out.new_zeros(s).index_copy(0, act, third)
+        d3 = out.new_zeros(s).index_copy(0, act, rules.loss_third_order(adapter, out, targets, jets))
     return BatchTerms(gbar, hbar, d3, z)
 
 
-def _adjoint_terms(problem, stages, saved, lam, act) -> torch.Tensor:
-    """Σ_k ⟨λ_k, D²F_k[ẋ^s, ẋ^t]⟩ over the active groups [A, A] (indexed like ``act``)."""
-    position = {int(g): i for i, g in enumerate(act.tolist())}
-    total = lam.new_zeros(len(position), len(position))
-    for stage, (x, first, groups) in zip(reversed(stages), reversed(saved)):
-        if first is None:  # no group is active before this stage: nothing further back contributes
-            break
-        rows = torch.tensor([position[g] for g in groups], device=lam.device)
-        flat = first.flatten(1)
-        m = stage.module
-        if not stage.own:
-            def pull(xx, fn=m, cot=lam):
-                return vjp(fn, xx)[1](cot)[0]
-
-            lam, second = vmap(lambda v: jvp(pull, (x,), (v,)), out_dims=(None, 0))(first)
-            total[rows[:, None], rows[None, :]] += second.flatten(1) @ flat.T
+def _affine_stage(problem, stage, x, jets, groups, orders):
+    """z = A(x, W) + b and its jets: A(x⁽ʲ⁾, W), plus the stage's own terms
+    j A(x⁽ʲ⁻¹⁾, u_W) (x⁽⁰⁾ = x) and u_b (order 1) for the groups owning W and b."""
+    m = stage.module
+    params = {role: problem.params[k] for role, k in stage.own}
+    weight, bias = params.get("weight", m.weight), params.get("bias", m.bias)
+    y = rules.affine_forward(m, x, weight, bias)
+    before = list(groups)
+    old = [None] * orders if jets is None else [
+        None if j is None else rules.affine_linear_part(m, j, weight) for j in jets
+    ]
+    fresh: dict[int, list] = {}
+    for role, k in stage.own:
+        g, u = problem.groups[k], problem.directions[k]
+        terms = [rules.bias_term(m, u, y) if role == "bias" else rules.affine_linear_part(m, x, u)]
+        terms += [None] * (orders - 1)
+        if role == "weight" and orders == 3 and g in before:  # d^j/dt^j [t A(x(t), u)] = j A(x^(j-1), u)
+            for j in (1, 2):
+                if jets[j - 1] is not None:
+                    terms[j] = (j + 1) * rules.affine_linear_part(m, jets[j - 1][before.index(g)], u)
+        if g in before:
+            row = before.index(g)
+            for j, term in enumerate(terms):
+                if term is not None:
+                    if old[j] is None:
+                        old[j] = y.new_zeros(len(before), *y.shape)
+                    old[j][row] += term
+        else:
+            slot = fresh.setdefault(g, [None] * orders)
+            for j, term in enumerate(terms):
+                if term is not None:
+                    slot[j] = term if slot[j] is None else slot[j] + term
+    groups.extend(fresh)
+    out = []
+    for j in range(orders):
+        parts = ([] if jets is None else [old[j]]) + [slot[j] for slot in fresh.values()]
+        if all(p is None for p in parts):
+            out.append(None)
             continue
-        for role, k in stage.own:
-            if role != "weight":
-                continue
-            u, t = problem.directions[k], position[problem.groups[k]]
-            cross = flat @ _pullback(m, x, u, lam).flatten()  # ⟨λ, A(ẋ^s, u_W)⟩ per active s
-            total[rows, t] += cross
-            total[t, rows] += cross
-        weight = dict((role, problem.params[k]) for role, k in stage.own).get("weight", m.weight)
-        lam = _pullback(m, x, weight, lam)
+        sizes = [len(before)] + [1] * len(fresh) if jets is not None else [1] * len(fresh)
+        filled = [
+            y.new_zeros(n, *y.shape) if p is None else (p if p.ndim > y.ndim else p.unsqueeze(0))
+            for p, n in zip(parts, sizes)
+        ]
+        out.append(filled[0] if len(filled) == 1 else torch.cat(filled))
+    return y, out
+
+
+def _adjoint_terms(problem, stages, records, lam, groups) -> torch.Tensor:
+    """Σ_k ⟨λ_k, D²F_k[ẋ^s, ẋ^t]⟩ over the active groups, [A, A] in the order of ``groups``."""
+    position = {g: i for i, g in enumerate(groups)}
+    total = lam.new_zeros(len(groups), len(groups))
+    for k in range(len(stages) - 1, -1, -1):
+        stage, record = stages[k], records[k]
+        if record.first is None:  # no group is active before this stage: nothing further back
+            break
+        rows = torch.tensor([position[g] for g in record.groups], device=lam.device)
+        flat = record.first.flatten(1)
+        wanted = k > 0 and records[k - 1].first is not None  # is λ needed further back?
+        m = stage.module
+        if stage.own:
+            for role, idx in stage.own:
+                if role == "weight":  # ⟨λ, A(ẋ^s, u_W)⟩ + (s ↔ t), t the group of W
+                    pulled = rules.affine_pullback(m, record.x, problem.directions[idx], lam)
+                    cross = flat @ pulled.flatten()
+                    t = position[problem.groups[idx]]
+                    total[rows, t] += cross
+                    total[t, rows] += cross
+            if wanted:
+                weight = {r: problem.params[i] for r, i in stage.own}.get("weight", m.weight)
+                lam = rules.affine_pullback(m, record.x, weight, lam)
+        elif record.derivs is not None:  # elementwise: the second derivative times λ, on ẋ^s ẋ^t
+            d1, d2, _ = record.derivs
+            if d2 is not None:
+                total[rows[:, None], rows[None, :]] += (flat * (lam * d2).flatten()) @ flat.T
+            lam = lam * d1 if wanted else lam
+        else:
+            lam_in, second = rules.generic_pullback(m, record.x, record.first, lam)
+            total[rows[:, None], rows[None, :]] += second.flatten(1) @ flat.T
+            lam = lam_in
     return total
-
-
-def _pullback(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
-    """A(·, W)ᵀ λ, the adjoint of the layer's linear part in its input, shaped like x."""
-    if isinstance(module, nn.Linear):
-        return cotangent @ weight
-    return vjp(lambda xx: _linear_part(module, xx, weight), x)[1](cotangent)[0]

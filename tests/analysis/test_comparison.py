@@ -45,8 +45,8 @@ def test_layout_and_exact_copy(setting):
     assert summ.matrix_quality.isnull().all()
     assert summ.step_quality.sel(block="all").notnull().all()
     assert summ.step_quality.sel(block="0").isnull().all()
-    assert ds.summary_hbar.dims == ("summary_row", "summary_col")
-    assert list(ds.summary_row.values) == list(canonical.group_names)
+    assert ds.summary_hbar.dims == ("summary_i", "summary_j")
+    assert list(ds.summary_i.values) == list(canonical.group_names)
     assert ds.interaction.shape == (2, 2)
 
 

@@ -25,7 +25,7 @@ def test_interaction_matrix_of_constructed_blocks():
     expected[0, 1] = expected[1, 0] = 5.0 / math.sqrt(diag[0] * diag[1])
     result = interaction_strength(m, blocks)
     assert torch.allclose(torch.from_numpy(result.values), expected)
-    assert result.dims == ("row_group", "col_group")
+    assert result.dims == ("group_i", "group_j")
     norms = block_norms(m, blocks).values
     assert norms[0, 1] == pytest.approx(5.0) and norms[2, 2] == pytest.approx(diag[2])
 
@@ -34,7 +34,7 @@ def test_labels_from_partition():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh(), torch.nn.Linear(2, 1))
     part = Partition.from_model(model, "layer")
     result = interaction_strength(torch.eye(part.num_params), part)
-    assert list(result.row_group.values) == ["0", "2"]
+    assert list(result.group_i.values) == ["0", "2"]
     assert result.values.tolist() == [[1.0, 0.0], [0.0, 1.0]]
 
 
@@ -63,7 +63,7 @@ def test_normalized_summary_and_inverse():
     result = normalized_summary(h, ["a", "b", "c"], inverse=True)
     assert result.values[0, 2] == pytest.approx(float(inv[0, 2] / torch.sqrt(inv[0, 0] * inv[2, 2])))
     assert result.values[0, 2] != 0.0  # the inverse of a tridiagonal matrix is dense
-    assert list(result.col_group.values) == ["a", "b", "c"]
+    assert list(result.group_j.values) == ["a", "b", "c"]
 
 
 def test_singular_summary_warns():

@@ -82,3 +82,18 @@ def test_engine_absent_quantity_warns():
         assert any("ekfac" in str(w.message) for w in caught)
     else:
         assert "ekfac" in result.curvature
+
+
+def test_summary_from_curvlab_matches_dense_hessian():
+    import json
+
+    from curvlab.analysis.interactions import summary_matrix
+    from curvlab.partition import Partition
+
+    model, loss_fn, x, y = CASE.build(batch_size=5)
+    result = measure(model, loss_fn, (x, y), reference="hessian", approximations=["summary"], dampings=[0.5], k=1,
+                     eigenvalues=False)
+    assert json.loads(result.quality.attrs["sources"])["summary"] == "curvlab.grouped_newton_summary"
+    hessian = curvlab.reference.hessian(model, loss_fn, x, y)
+    expected = summary_matrix(hessian, result.gradient, Partition.from_model(model, "canonical"))
+    assert np.allclose(result.quality.summary_hbar.values, expected.numpy(), atol=1e-10)

@@ -47,7 +47,7 @@ def test_block_comparison(setting):
     fig = plots.plot_block_comparison(e, {"diag": torch.diag(e.diagonal())}, part, "0.weight", "2.weight")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:2] == ["exact", "diag"]
-    assert fig.axes[0].get_xlabel() == "2.weight entries"
+    assert fig.axes[0].get_xlabel() == "entries of group 2.weight"
     with pytest.raises(KeyError, match="no group"):
         plots.plot_block_comparison(e, {}, part, "missing")
 

@@ -146,3 +146,19 @@ def test_cli_rejects_unknown_names():
         parse_args(["--models", "a,z"])
     args = parse_args(["--models", "c,a", "--libraries", "backpack,curvlab", "--quantities", "kfac"])
     assert args.models == ["c", "a"] and args.libraries == [Library.BACKPACK, Library.CURVLAB]
+
+
+def test_cell_time_limit_interrupts_and_is_removed():
+    import signal
+
+    from engine import CellTimeout, _time_limit
+
+    start = time.perf_counter()
+    with pytest.raises(CellTimeout):
+        with _time_limit(0.05):
+            time.sleep(2)
+    assert time.perf_counter() - start < 1.5
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    with _time_limit(5):  # finishes in time: no exception, timer cleared
+        pass
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

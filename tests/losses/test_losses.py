@@ -244,11 +244,12 @@ def test_unsupported_losses_are_named(loss_fn, culprit):
         (nn.CrossEntropyLoss(), torch.zeros(3, 2), torch.full((3, 2), 0.5), "soft"),
         (nn.CrossEntropyLoss(), torch.zeros(3, 2, 4), torch.zeros(3, 4, dtype=torch.long), r"\[N, C\] logits"),
         (nn.CrossEntropyLoss(), torch.zeros(3, 2), torch.zeros(3, 1, dtype=torch.long), "class indices"),
+        (nn.CrossEntropyLoss(), torch.zeros(3, 2), torch.tensor([0, 2, 1]), r"in \[0, 2\), got 0..2"),
         (nn.MSELoss(), torch.zeros(3, 2), torch.zeros(3, 1), "must match outputs"),
         (nn.BCEWithLogitsLoss(), torch.zeros(3, 2), torch.zeros(3), "must match outputs"),
         (nn.MSELoss(), torch.zeros(3), torch.zeros(3), "batch dimension"),
     ],
-    ids=["ignore_index-default", "ignore_index-custom", "soft-targets", "ce-3d", "ce-target-shape",
+    ids=["ignore_index-default", "ignore_index-custom", "soft-targets", "ce-3d", "ce-target-shape", "ce-class-range",
          "mse-broadcast", "bce-shape", "no-batch-dim"],
 )
 def test_unsupported_targets_are_named(loss_fn, outputs, targets, culprit):

@@ -1,9 +1,13 @@
 """The operator interface shared by all operators: restriction, blocks, scipy, dense, solve, export."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from curvlab import reference
@@ -15,7 +19,9 @@ from tests.cases import CASES
 
 @pytest.fixture(scope="module")
 def hessian_case():
-    model, loss_fn, x, y = CASES[3].build(batch_size=6)  # mlp-tanh-mse-sum 3-4-4-2: P = 46, 6 groups
+    model, loss_fn, x, y = CASES[3].build(
+        batch_size=6
+    )  # mlp-tanh-mse-sum 3-4-4-2: P = 46, 6 groups
     op = HessianOperator(model, loss_fn, (x, y))
     return op, reference.hessian(model, loss_fn, x, y)
 
@@ -40,7 +46,9 @@ def test_restriction_of_entries_partition():
     names = ["0.weight[3]", "2.bias[1]", "0.weight[0]"]
     sub = op.restrict(names)
     idx = op.partition.restrict(names)
-    torch.testing.assert_close(sub.dense(), reference.ggn(model, loss_fn, x, y)[idx][:, idx], rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(
+        sub.dense(), reference.ggn(model, loss_fn, x, y)[idx][:, idx], rtol=1e-9, atol=1e-11
+    )
     assert sub.partition.num_params == 3
 
 
@@ -57,7 +65,9 @@ def test_block_operator_equals_off_diagonal_block(hessian_case):
     torch.testing.assert_close(blk.dense(), dense[rows][:, cols], rtol=1e-9, atol=1e-11)
     w = torch.randn(rows.numel(), dtype=torch.float64)
     torch.testing.assert_close(blk.T @ w, dense[cols][:, rows] @ w, rtol=1e-9, atol=1e-11)
-    np.testing.assert_allclose(blk.to_scipy().rmatvec(w.numpy()), (dense[cols][:, rows] @ w).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(
+        blk.to_scipy().rmatvec(w.numpy()), (dense[cols][:, rows] @ w).numpy(), rtol=1e-9
+    )
 
 
 def test_scipy_wrapper(hessian_case):
@@ -75,14 +85,18 @@ def test_dense_diagonal_block_trace(hessian_case):
     torch.testing.assert_close(op.diagonal(), dense.diagonal(), rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(op.trace(), dense.trace(), rtol=1e-9, atol=1e-11)
     rows, cols = op.partition.group("2.weight").indices, op.partition.group("0.bias").indices
-    torch.testing.assert_close(op.block("2.weight", "0.bias"), dense[rows][:, cols], rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(
+        op.block("2.weight", "0.bias"), dense[rows][:, cols], rtol=1e-9, atol=1e-11
+    )
 
 
 def test_solve_by_cg_equals_dense_solve():
     model, loss_fn, x, y = CASES[0].build(batch_size=8)
     op = GGNOperator(model, loss_fn, (x, y))
     b = torch.randn(op.shape[0], 2, dtype=torch.float64)
-    expected = torch.linalg.solve(reference.ggn(model, loss_fn, x, y) + 0.1 * torch.eye(op.shape[0], dtype=torch.float64), b)
+    expected = torch.linalg.solve(
+        reference.ggn(model, loss_fn, x, y) + 0.1 * torch.eye(op.shape[0], dtype=torch.float64), b
+    )
     torch.testing.assert_close(op.solve(b, damping=0.1), expected, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(op.solve(b[:, 0], damping=0.1), expected[:, 0], rtol=1e-6, atol=1e-8)
 
@@ -98,7 +112,11 @@ def test_bad_vector_and_memory_budget(hessian_case):
 def test_export_is_a_dense_curvature(hessian_case):
     op, dense = hessian_case
     ds = op.to_xarray()
-    assert isinstance(ds, xr.Dataset) and ds.attrs["curvlab_kind"] == "dense" and ds.attrs["exported_from"] == "operator"
+    assert (
+        isinstance(ds, xr.Dataset)
+        and ds.attrs["curvlab_kind"] == "dense"
+        and ds.attrs["exported_from"] == "operator"
+    )
     from curvlab.repr import DenseCurvature
 
     torch.testing.assert_close(DenseCurvature.from_xarray(ds).dense(), dense, rtol=1e-9, atol=1e-11)
@@ -128,9 +146,54 @@ def test_dropout_in_training_mode_warns_and_model_is_untouched():
 )
 def test_products_under_no_grad(make):
     model, loss_fn, x, y = CASES[0].build()
-    expected = reference.hessian if "Hessian" in repr(make(model, loss_fn, (x, y))) else reference.ggn
+    expected = (
+        reference.hessian if "Hessian" in repr(make(model, loss_fn, (x, y))) else reference.ggn
+    )
     v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
     with torch.no_grad():
         op = make(model, loss_fn, (x, y))
         result = op @ v
     torch.testing.assert_close(result, expected(model, loss_fn, x, y) @ v, rtol=1e-9, atol=1e-11)
+
+
+def test_float32_products_and_provenance():
+    model, loss_fn, x, y = CASES[0].build()
+    dense = reference.ggn(model, loss_fn, x, y)
+    model32 = model.float()
+    op = GGNOperator(model32, loss_fn, (x.float(), y))
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    result = op @ v
+    assert op.dtype == torch.float32 and result.dtype == torch.float32
+    torch.testing.assert_close(result.double(), dense @ v, rtol=1e-4, atol=1e-5)
+    assert (
+        '"operator": "GGNOperator"' in op.attrs["config"] and '"cache": true' in op.attrs["config"]
+    )
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    )
+)
+def test_any_restriction_is_the_sub_block(groups):
+    op, dense = _shared_hessian()
+    idx = op.partition.restrict(groups)
+    torch.testing.assert_close(
+        op.restrict(groups).dense(), dense[idx][:, idx], rtol=1e-9, atol=1e-11
+    )
+
+
+@functools.cache
+def _shared_hessian():
+    model, loss_fn, x, y = CASES[3].build(batch_size=4)
+    return HessianOperator(model, loss_fn, (x, y)), reference.hessian(model, loss_fn, x, y)
+
+
+def test_export_over_budget_is_refused(hessian_case):
+    op, _ = hessian_case
+    with memory_budget(1000), pytest.raises(MemoryBudgetError, match="dense"):
+        op.to_xarray()

@@ -10,7 +10,9 @@ from curvlab.operators import CGSettings, conjugate_gradient
 def _spd(n, seed=0):
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(n, n, dtype=torch.float64, generator=gen)
-    return a @ a.T + 0.1 * torch.eye(n, dtype=torch.float64), torch.randn(n, 2, dtype=torch.float64, generator=gen)
+    return a @ a.T + 0.1 * torch.eye(n, dtype=torch.float64), torch.randn(
+        n, 2, dtype=torch.float64, generator=gen
+    )
 
 
 def test_solves_damped_system_for_several_right_hand_sides():

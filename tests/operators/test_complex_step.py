@@ -8,7 +8,11 @@ from curvlab.errors import UnsupportedModuleError
 from curvlab.operators import ComplexStepHessianOperator, HessianOperator, check_analytic
 from tests.cases import CASES, Residual, mlp
 
-ANALYTIC = [c for c in CASES if c.name in ("mlp-sigmoid-ce", "mlp-tanh-mse", "mlp-tanh-mse-sum", "residual-ce")]
+ANALYTIC = [
+    c
+    for c in CASES
+    if c.name in ("mlp-sigmoid-ce", "mlp-tanh-mse", "mlp-tanh-mse-sum", "residual-ce")
+]
 
 
 def _bce_sigmoid_case():
@@ -27,7 +31,9 @@ def test_equals_double_backward(case):
 def test_equals_double_backward_bce_with_large_logits():
     model, loss_fn, x, y = _bce_sigmoid_case()
     with torch.no_grad():
-        model[-1].bias.add_(torch.tensor([30.0, -30.0, 0.0], dtype=torch.float64))  # both softplus branches
+        model[-1].bias.add_(
+            torch.tensor([30.0, -30.0, 0.0], dtype=torch.float64)
+        )  # both softplus branches
     _check_against_double_backward(model, loss_fn, (x, y))
 
 
@@ -47,7 +53,9 @@ def test_refuses_relu_and_maxpool_naming_the_modules():
 
 
 @pytest.mark.parametrize(
-    "module", [nn.LeakyReLU(), nn.Hardtanh(), nn.ELU(), nn.LayerNorm(5), nn.Dropout(0.5)], ids=lambda m: type(m).__name__
+    "module",
+    [nn.LeakyReLU(), nn.Hardtanh(), nn.ELU(), nn.LayerNorm(5), nn.Dropout(0.5)],
+    ids=lambda m: type(m).__name__,
 )
 def test_refuses_non_analytic_modules(module):
     model = nn.Sequential(nn.Linear(3, 5), nn.Sequential(module), nn.Linear(5, 2))
@@ -71,7 +79,9 @@ def test_runtime_failure_names_the_module_and_removes_hooks():
     torch.manual_seed(0)
     model = _FunctionalRelu().double()
     x, y = torch.randn(4, 4, dtype=torch.float64), torch.randint(0, 3, (4,))
-    op = ComplexStepHessianOperator(model, nn.CrossEntropyLoss(), (x, y))  # the module walk cannot see torch.relu
+    op = ComplexStepHessianOperator(
+        model, nn.CrossEntropyLoss(), (x, y)
+    )  # the module walk cannot see torch.relu
     with pytest.raises(UnsupportedModuleError, match=r"module '<root>' \(_FunctionalRelu\)"):
         op @ torch.ones(op.shape[0], dtype=torch.float64)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

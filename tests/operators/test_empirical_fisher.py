@@ -8,7 +8,10 @@ from curvlab.guards import memory_budget
 from curvlab.operators import EmpiricalFisherOperator, EmpiricalFisherStrategy
 from tests.cases import CASES
 
-STRATEGIES = [EmpiricalFisherStrategy.PER_SAMPLE_GRADIENTS, EmpiricalFisherStrategy.JACOBIAN_PRODUCTS]
+STRATEGIES = [
+    EmpiricalFisherStrategy.PER_SAMPLE_GRADIENTS,
+    EmpiricalFisherStrategy.JACOBIAN_PRODUCTS,
+]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=[s.value for s in STRATEGIES])
@@ -26,12 +29,17 @@ def test_batches_combine_exactly(strategy):
     model, loss_fn, x, y = CASES[1].build(batch_size=7)
     data = [(x[:3], y[:3]), (x[3:], y[3:])]
     op = EmpiricalFisherOperator(model, loss_fn, data, strategy=strategy)
-    torch.testing.assert_close(op.dense(), reference.empirical_fisher(model, loss_fn, data), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(
+        op.dense(), reference.empirical_fisher(model, loss_fn, data), rtol=1e-9, atol=1e-11
+    )
 
 
 def test_auto_picks_per_sample_gradients_when_they_fit():
     model, loss_fn, x, y = CASES[0].build()
-    assert EmpiricalFisherOperator(model, loss_fn, (x, y)).strategy is EmpiricalFisherStrategy.PER_SAMPLE_GRADIENTS
+    assert (
+        EmpiricalFisherOperator(model, loss_fn, (x, y)).strategy
+        is EmpiricalFisherStrategy.PER_SAMPLE_GRADIENTS
+    )
     with memory_budget(64):
         op = EmpiricalFisherOperator(model, loss_fn, (x, y))
     assert op.strategy is EmpiricalFisherStrategy.JACOBIAN_PRODUCTS

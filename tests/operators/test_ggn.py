@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from curvlab import reference
+from curvlab.losses import loss_adapter
 from curvlab.operators import GGNOperator
 from curvlab.operators.sandwich import output_hessian_product
-from curvlab.losses import loss_adapter
 from tests.cases import CASES, LOSSES
 
 
@@ -24,13 +24,20 @@ def test_matvec_equals_dense_reference(case, cache):
 def test_batches_combine_exactly(index):
     model, loss_fn, x, y = CASES[index].build(batch_size=7)
     op = GGNOperator(model, loss_fn, [(x[:2], y[:2]), (x[2:], y[2:])])
-    torch.testing.assert_close(op.dense(), reference.ggn(model, loss_fn, x, y), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(
+        op.dense(), reference.ggn(model, loss_fn, x, y), rtol=1e-9, atol=1e-11
+    )
 
 
 @pytest.mark.parametrize("make_loss", LOSSES)
 def test_closed_form_output_hessian_product(make_loss):
     adapter = loss_adapter(make_loss())
     gen = torch.Generator().manual_seed(0)
-    f, u = torch.randn(4, 3, dtype=torch.float64, generator=gen), torch.randn(4, 3, dtype=torch.float64, generator=gen)
+    f, u = (
+        torch.randn(4, 3, dtype=torch.float64, generator=gen),
+        torch.randn(4, 3, dtype=torch.float64, generator=gen),
+    )
     expected = torch.einsum("nij,nj->ni", adapter.output_hessian(f), u)
-    torch.testing.assert_close(output_hessian_product(adapter, f, u), expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        output_hessian_product(adapter, f, u), expected, rtol=1e-12, atol=1e-14
+    )

@@ -29,7 +29,9 @@ def test_batches_combine_exactly(method, reduction):
     model, _, x, y = CASES[0].build(batch_size=7)
     loss_fn = nn.CrossEntropyLoss(reduction=reduction)
     op = HessianOperator(model, loss_fn, [(x[:3], y[:3]), (x[3:], y[3:])], method=method)
-    torch.testing.assert_close(op.dense(), reference.hessian(model, loss_fn, x, y), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(
+        op.dense(), reference.hessian(model, loss_fn, x, y), rtol=1e-9, atol=1e-11
+    )
 
 
 def test_unknown_method_is_refused():

@@ -2,7 +2,7 @@
 
 Problems (each builds a fresh model, a loss and one full batch in a given dtype):
 
-* ``quadratic``      – ``nn.Linear(3, 1)`` on an ill-conditioned design with zero-residual targets and
+* ``quadratic``      – ``nn.Linear(3, 1)`` (in an ``nn.Sequential``, as the engine needs) on an ill-conditioned design with zero-residual targets and
   'mean' MSE: a convex quadratic bowl in the parameters with minimum 0 (condition number ~10²);
 * ``least-squares``  – ``nn.Linear(5, 2)`` on random inputs with noisy targets, 'mean' MSE;
 * ``mlp-regression`` – a 3-8-1 tanh MLP on a smooth target, 'mean' MSE.
@@ -26,7 +26,7 @@ def quadratic(dtype: torch.dtype):
     theta = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
     y = x @ theta.T + 0.7
     torch.manual_seed(1)
-    model = nn.Linear(3, 1).to(dtype)
+    model = nn.Sequential(nn.Linear(3, 1)).to(dtype)
     return model, nn.MSELoss(), x.to(dtype), y.to(dtype)
 
 
@@ -35,7 +35,7 @@ def least_squares(dtype: torch.dtype):
     x = torch.randn(32, 5, generator=g, dtype=torch.float64)
     y = x @ torch.randn(5, 2, generator=g, dtype=torch.float64) + 0.1 * torch.randn(32, 2, generator=g, dtype=torch.float64)
     torch.manual_seed(2)
-    model = nn.Linear(5, 2).to(dtype)
+    model = nn.Sequential(nn.Linear(5, 2)).to(dtype)
     return model, nn.MSELoss(), x.to(dtype), y.to(dtype)
 
 
@@ -66,6 +66,13 @@ OPTIMIZERS.update({
     "acp": lambda m, l: optim.ACP(m, l, lr=0.3, alpha="heuristic", eps=1e-3, period=3),
     "acp-fixed-alpha": lambda m, l: optim.ACP(m, l, lr=0.5, alpha=1.0, eps=1e-2, period=1),
     "centered-sgd": lambda m, l: optim.CenteredSGD(m, l, lr=0.1),
+    "kfac-kflr": lambda m, l: optim.KFAC(m, l, curvature="kflr", damping=1e-3, ema_decay=0.5),
+    "kfac-mc-klclip-momentum": lambda m, l: optim.KFAC(
+        m, l, curvature="kfac", damping=1e-2, step_rescaling="kl-clip", kl_clip=1e-2, lr=0.5, momentum=0.5,
+        stats_period=2, inverse_period=3, ema_decay=0.9,
+    ),
+    "kfac-kfra": lambda m, l: optim.KFAC(m, l, curvature="kfra", damping=1e-3, inverse_period=2),
+    "kfac-ekfac": lambda m, l: optim.KFAC(m, l, curvature="ekfac", damping=1e-3),
     "newton-summary": lambda m, l: optim.NewtonSummary(m, l, damping=0.5, partition="canonical"),
     "newton-summary-adam-cubic": lambda m, l: optim.NewtonSummary(
         m, l, damping=0.5, partition="trivial", updater="adam", lambda_int=1.0, period=2,
@@ -75,7 +82,7 @@ OPTIMIZERS.update({
 })
 
 #: optimisers with damping: a non-finite step raises the damping instead of an error
-DAMPED = {"sgn", "sgn-momentum-precond", "acp", "acp-fixed-alpha", "newton-summary", "newton-summary-adam-cubic"}
+DAMPED = {"kfac-kflr", "kfac-mc-klclip-momentum", "kfac-kfra", "kfac-ekfac", "sgn", "sgn-momentum-precond", "acp", "acp-fixed-alpha", "newton-summary", "newton-summary-adam-cubic"}
 
 #: required final/initial loss ratio after the conformance steps (default 0.7). The ACP α heuristic
 #: (max squared output gradient) overestimates the curvature while residuals are large, so it is slow.

@@ -16,7 +16,9 @@ from tests.cases import CASES
 
 def test_top5_of_10k_parameter_ggn_matches_exact():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(30, 100), nn.Tanh(), nn.Linear(100, 60), nn.Tanh(), nn.Linear(60, 10)).double()
+    model = nn.Sequential(
+        nn.Linear(30, 100), nn.Tanh(), nn.Linear(100, 60), nn.Tanh(), nn.Linear(60, 10)
+    ).double()
     x, y = torch.randn(8, 30, dtype=torch.float64), torch.randint(0, 10, (8,))
     loss_fn = nn.CrossEntropyLoss()
     op = GGNOperator(model, loss_fn, (x, y))
@@ -25,7 +27,10 @@ def test_top5_of_10k_parameter_ggn_matches_exact():
     jac = reference.jacobian(model, x)  # [N, C, P]
     adapter = loss_adapter(loss_fn)
     sqrt = adapter.sqrt_hessian(model(x).detach())  # [N, C, C]
-    b = torch.einsum("nck,ncp->nkp", sqrt, jac).reshape(-1, op.shape[0]) / adapter.normalizer(model(x)) ** 0.5
+    b = (
+        torch.einsum("nck,ncp->nkp", sqrt, jac).reshape(-1, op.shape[0])
+        / adapter.normalizer(model(x)) ** 0.5
+    )
     exact = torch.linalg.eigvalsh(b @ b.T).flip(0)[:5].numpy()
     ds = top_eigenvalues(op, 5, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(ds["eigenvalues"].values, exact, rtol=1e-6)
@@ -46,12 +51,19 @@ def test_top_bottom_extreme_match_eigvalsh(hessian):
     top = top_eigenvalues(op, 4, return_eigenvectors=True, generator=gen)
     np.testing.assert_allclose(top["eigenvalues"].values, exact[::-1][:4], rtol=1e-8, atol=1e-10)
     vectors = torch.from_numpy(top["eigenvectors"].values)
-    torch.testing.assert_close(dense @ vectors, vectors * torch.from_numpy(top["eigenvalues"].values), rtol=1e-7, atol=1e-8)
+    torch.testing.assert_close(
+        dense @ vectors, vectors * torch.from_numpy(top["eigenvalues"].values), rtol=1e-7, atol=1e-8
+    )
     assert top["eigenvectors"].dims == ("param", "eigenvalue") and "group" in top.coords
     bottom = bottom_eigenvalues(op, 3, generator=gen)
     np.testing.assert_allclose(bottom["eigenvalues"].values, exact[:3], rtol=1e-8, atol=1e-10)
     both = extreme_eigenvalues(op, 4, generator=gen)
-    np.testing.assert_allclose(both["eigenvalues"].values, [exact[-1], exact[-2], exact[1], exact[0]], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(
+        both["eigenvalues"].values,
+        [exact[-1], exact[-2], exact[1], exact[0]],
+        rtol=1e-8,
+        atol=1e-10,
+    )
     np.testing.assert_allclose(eigvalsh(op).values, exact, rtol=1e-8, atol=1e-10)
 
 
@@ -59,8 +71,15 @@ def test_accepts_dense_numpy_and_scipy(hessian):
     _, dense = hessian
     expected = torch.linalg.eigvalsh(dense).flip(0)[:3].numpy()
     for form in (dense, dense.numpy(), aslinearoperator(dense.numpy())):
-        np.testing.assert_allclose(top_eigenvalues(form, 3)["eigenvalues"].values, expected, rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(eigvalsh(aslinearoperator(dense.numpy())).values, torch.linalg.eigvalsh(dense).numpy(), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(
+            top_eigenvalues(form, 3)["eigenvalues"].values, expected, rtol=1e-8, atol=1e-10
+        )
+    np.testing.assert_allclose(
+        eigvalsh(aslinearoperator(dense.numpy())).values,
+        torch.linalg.eigvalsh(dense).numpy(),
+        rtol=1e-8,
+        atol=1e-10,
+    )
 
 
 def test_non_convergence_warns_and_keeps_partial_results():

@@ -14,7 +14,11 @@ def _matrix(p=40, seed=0):
     """Symmetric, indefinite, with a geometrically decaying spectrum and non-zero off-diagonal entries."""
     gen = torch.Generator().manual_seed(seed)
     q = torch.linalg.qr(torch.randn(p, p, dtype=torch.float64, generator=gen)).Q
-    spectrum = 10 * 0.8 ** torch.arange(p, dtype=torch.float64) * torch.where(torch.arange(p) % 5 == 4, -1.0, 1.0)
+    spectrum = (
+        10
+        * 0.8 ** torch.arange(p, dtype=torch.float64)
+        * torch.where(torch.arange(p) % 5 == 4, -1.0, 1.0)
+    )
     return (q * spectrum) @ q.T
 
 
@@ -34,14 +38,19 @@ def test_trace_estimators_are_unbiased(method):
 def test_hutchpp_beats_hutchinson_on_decaying_spectrum():
     a = _matrix()
     gen = torch.Generator().manual_seed(2)
-    spread = {m: np.std([float(trace(a, m, 30, generator=gen)["estimate"]) for _ in range(100)]) for m in ("hutchinson", "hutchpp")}
+    spread = {
+        m: np.std([float(trace(a, m, 30, generator=gen)["estimate"]) for _ in range(100)])
+        for m in ("hutchinson", "hutchpp")
+    }
     assert spread["hutchpp"] < 0.5 * spread["hutchinson"]
 
 
 def test_diagonal_estimate_is_unbiased():
     a = _matrix(20)
     gen = torch.Generator().manual_seed(3)
-    runs = np.stack([diagonal_estimate(a, 10, generator=gen)["estimate"].values for _ in range(300)])
+    runs = np.stack(
+        [diagonal_estimate(a, 10, generator=gen)["estimate"].values for _ in range(300)]
+    )
     stderr = runs.std(0, ddof=1) / np.sqrt(runs.shape[0])
     assert np.all(np.abs(runs.mean(0) - a.diagonal().numpy()) < 4.5 * stderr)
 
@@ -51,7 +60,9 @@ def test_on_an_operator_with_labels():
     op = GGNOperator(model, loss_fn, (x, y))
     exact = reference.ggn(model, loss_fn, x, y)
     ds = trace(op, "hutchpp", 60, generator=torch.Generator().manual_seed(0))
-    assert abs(float(ds["estimate"]) - float(exact.trace())) < 5 * float(ds["standard_error"]) + 1e-10
+    assert (
+        abs(float(ds["estimate"]) - float(exact.trace())) < 5 * float(ds["standard_error"]) + 1e-10
+    )
     assert ds.attrs["num_matvecs"] == 60 and ds["samples"].dims == ("probe",)
     diag = diagonal_estimate(op, 5, generator=torch.Generator().manual_seed(0))
     assert diag["estimate"].dims == ("param",) and diag["group"].values[0] == "0.weight"

@@ -14,10 +14,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import xarray as xr
+from matplotlib.ticker import MaxNLocator
 
 from curvlab.analysis.plots.figures import new_figure
 
 __all__ = ["plot_damping_curves", "plot_metric_curves"]
+
+_MARKERS = "osD^v<>ph*X"
+_LINES = ("-", "--", ":", "-.")
+
+
+def _style(i: int) -> dict:
+    """Distinct marker and line style per approximation, so that coinciding curves stay visible."""
+    return {"marker": _MARKERS[i % len(_MARKERS)], "linestyle": _LINES[i % len(_LINES)], "markersize": 4,
+            "markerfacecolor": "none", "color": f"C{i % 10}"}
+
 
 _LOG_METRICS = {"rel_frobenius_error", "rel_spectral_error"}
 _LABELS = {
@@ -52,17 +63,18 @@ def plot_metric_curves(ds: xr.Dataset, metrics: Sequence[str] = ("rel_frobenius_
     fig, axes = new_figure(1, len(metrics), panel_size=(4.6, 3.6))
     for ax, metric in zip(axes, metrics):
         series = _series(ds, metric, block, damping)
-        for name in series.approximation.values:
+        for i, name in enumerate(series.approximation.values):
             line = series.sel(approximation=name)
             if bool(line.notnull().any()):
-                ax.plot(line.step.values, line.values, marker="o", markersize=3, label=str(name))
+                ax.plot(line.step.values, line.values, label=str(name), **_style(i))
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(_LABELS.get(metric, metric))
         if metric in _LOG_METRICS:
             ax.set_yscale("log")
         ax.set_title(f"{metric} (block {block}" + (f", λ={damping:g})" if metric in ("step_cosine", "decrease_ratio")
                                                     and damping is not None else ")"))
-    axes[-1].legend(fontsize=7)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
     return fig
@@ -81,15 +93,15 @@ def plot_damping_curves(ds: xr.Dataset, metrics: Sequence[str] = ("step_cosine",
     fig, axes = new_figure(1, len(metrics), panel_size=(4.6, 3.6))
     for ax, metric in zip(axes, metrics):
         series = ds.step_quality.sel(step_metric=metric, block=block)
-        for name in series.approximation.values:
+        for i, name in enumerate(series.approximation.values):
             line = series.sel(approximation=name)
             if bool(line.notnull().any()):
-                ax.plot(line.damping.values, line.values, marker="o", markersize=3, label=str(name))
+                ax.plot(line.damping.values, line.values, label=str(name), **_style(i))
         ax.set_xscale("log")
         ax.set_xlabel("damping λ")
         ax.set_ylabel(_LABELS.get(metric, metric))
         ax.set_title(f"{metric} (block {block})")
-    axes[-1].legend(fontsize=7)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
     return fig

@@ -39,7 +39,7 @@ def plot_block_norms(matrix, partition=None, *, interaction: bool = False, title
         values = matrix
     else:
         values = interaction_strength(matrix, partition) if interaction else block_norms(matrix, partition)
-    names = [str(n) for n in values.row_group.values]
+    names = [str(n) for n in values.group_i.values]
     fig, (ax,) = new_figure(panel_size=(1.2 + 0.55 * max(len(names), 4), 0.9 + 0.5 * max(len(names), 4)))
     if interaction:
         data, label, kwargs = values.values, "interaction strength", {"vmin": 0.0, "vmax": 1.0, "cmap": "viridis"}
@@ -108,20 +108,20 @@ def plot_summary(hbar, names: Sequence[str] | None = None, *, title: str | None 
     return fig
 
 
-def plot_block_comparison(exact, approximations: Mapping[str, object], partition, row_group: str | int,
-                          col_group: str | int | None = None, *, max_entries: int = 120, title: str | None = None):
-    """The exact block (row_group, col_group) beside the same block of each approximation, on one colour scale.
+def plot_block_comparison(exact, approximations: Mapping[str, object], partition, group_i: str | int,
+                          group_j: str | int | None = None, *, max_entries: int = 120, title: str | None = None):
+    """The exact block (group_i, group_j) beside the same block of each approximation, on one colour scale.
 
     Blocks larger than ``max_entries`` show their leading ``max_entries × max_entries`` corner.
     The colour scale is symmetric, ±max|exact block|.
     """
-    col_group = row_group if col_group is None else col_group
+    group_j = group_i if group_j is None else group_j
     e = as_dense(exact, "exact")
     blocks, names = block_indices(partition, e.shape[0]), group_labels(partition)
     index = {n: i for i, n in enumerate(names)}
-    pick = [b if isinstance(b, int) else index.get(b) for b in (row_group, col_group)]
+    pick = [b if isinstance(b, int) else index.get(b) for b in (group_i, group_j)]
     if None in pick:
-        raise KeyError(f"no group {row_group!r} or {col_group!r}; groups are {', '.join(names)}")
+        raise KeyError(f"no group {group_i!r} or {group_j!r}; groups are {', '.join(names)}")
     rows, cols = blocks[pick[0]][:max_entries], blocks[pick[1]][:max_entries]
     shown = {"exact": sub_block(e, rows, cols)}
     shown.update({n: sub_block(as_dense(a, n), rows, cols) for n, a in approximations.items()})
@@ -133,8 +133,8 @@ def plot_block_comparison(exact, approximations: Mapping[str, object], partition
         sns.heatmap(block.numpy(), ax=ax, vmin=-vmax, vmax=vmax, cmap="RdBu_r", center=0.0, square=True,
                     xticklabels=False, yticklabels=False, cbar=ax is axes[ncols - 1])
         ax.set_title(name)
-        ax.set_xlabel(f"{names[pick[1]]} entries")
-        ax.set_ylabel(f"{names[pick[0]]} entries")
+        ax.set_xlabel(f"entries of group {names[pick[1]]}")
+        ax.set_ylabel(f"entries of group {names[pick[0]]}")
     for ax in axes[len(shown):]:
         ax.set_axis_off()
     cropped = len(blocks[pick[0]]) > max_entries or len(blocks[pick[1]]) > max_entries

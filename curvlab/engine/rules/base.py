@@ -83,6 +83,20 @@ class ModuleRule:
         """The residual Σ_k g_k ∇²_x y_k per sample, [N, Di, Di], or ``None`` if it vanishes."""
         return None
 
+    def backprop_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor | None:
+        """Jᵀ diag(d) J when that is again diagonal, [N, *out] -> [N, *in]; ``None`` when it is not."""
+        return None
+
+    def second_derivative_diagonal(self, record: Record) -> torch.Tensor | None:
+        """The residual Σ_k g_k ∇²_x y_k when it is diagonal (elementwise modules), [N, *in], else ``None``."""
+        return None
+
+    def jacobian_rows(self, record: Record) -> torch.Tensor:
+        """Jᵀ applied to every unit vector at the output: [N, Do, *in] (row j is ∂y_j/∂x)."""
+        num, d_out = record.outputs.shape[0], record.outputs[0].numel()
+        eye = torch.eye(d_out, dtype=record.outputs.dtype, device=record.outputs.device)
+        return self.backprop(record, eye.expand(num, d_out, d_out).reshape(num, d_out, *record.out_shape))
+
     def sandwich(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
         """Jᵀ H J per sample: [N, Do, Do] -> [N, Di, Di] (features flattened)."""
         num, d_out = hessian.shape[:2]
@@ -141,6 +155,10 @@ class ParameterRule(ModuleRule):
         """Jθᵀ V per sample and column: [N, K, *out] -> [N, K, P_layer]."""
         raise NotImplementedError
 
+    def param_factor_into(self, record: Record, factor: torch.Tensor, out: torch.Tensor) -> None:
+        """Write :meth:`param_factor` into ``out`` [N, K, P_layer] (a view into a full factor)."""
+        out.copy_(self.param_factor(record, factor))
+
     def diag(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
         """Σ_{n,k} (Jθᵀ V_nk)², the diagonal of the layer's block, [P_layer]."""
         return self.param_factor(record, factor).pow(2).sum((0, 1))
@@ -149,6 +167,23 @@ class ParameterRule(ModuleRule):
         """Σ_{n,k} (Jθᵀ V_nk)(Jθᵀ V_nk)ᵀ, the layer's block, [P_layer, P_layer]."""
         rows = self.param_factor(record, factor).flatten(0, 1)
         return rows.T @ rows
+
+    def signed_diag(self, record: Record, factor: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Σ_{n,k} w_nk (Jθᵀ V_nk)², the diagonal of Σ_nk w_nk (Jθᵀ V_nk)(Jθᵀ V_nk)ᵀ, [P_layer].
+
+        ``weights`` [N, K] (``None``: all ones) lets a factor carry indefinite terms.
+        """
+        squared = self.param_factor(record, factor).pow(2)
+        if weights is not None:
+            squared = squared * weights[..., None]
+        return squared.sum((0, 1))
+
+    def diag_from_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor:
+        """diag Σ_n Jθ,nᵀ diag(d_n) Jθ,n for d [N, *out], [P_layer]."""
+        num, d_out = diag.shape[0], diag[0].numel()
+        eye = torch.eye(d_out, dtype=diag.dtype, device=diag.device)
+        unit = eye.expand(num, d_out, d_out).reshape(num, d_out, *record.out_shape)
+        return self.signed_diag(record, unit, diag.reshape(num, d_out))
 
     def hessian_block(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
         """Σ_n Jθ,nᵀ H_n Jθ,n (the layer is linear in its parameters), [P_layer, P_layer]."""

@@ -57,6 +57,9 @@ class BatchNormRule(ParameterRule):
     def backprop(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
         return factor * self._scale(record)
 
+    def backprop_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor:
+        return diag * self._scale(record).pow(2)
+
     def param_factor(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
         positions = tuple(range(3, factor.ndim))
         parts = []

@@ -94,6 +94,17 @@ class ElementwiseRule(ModuleRule):
             result = result + torch.diag_embed(d2.flatten(1) * record.grad.flatten(1))
         return result
 
+    def backprop_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor:
+        return diag * self._derivs(record)[0].pow(2)
+
+    def second_derivative_diagonal(self, record: Record) -> torch.Tensor | None:
+        d2 = self._derivs(record)[1]
+        if d2 is None:
+            return None
+        if record.grad is None:
+            raise RuntimeError(f"no gradient recorded at {record.describe()}: run backward() first")
+        return d2 * record.grad
+
     def sandwich(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
         d1 = self._derivs(record)[0].flatten(1)
         return hessian * d1[:, :, None] * d1[:, None, :]

@@ -62,9 +62,31 @@ class LinearRule(ParameterRule):
             parts.append(factor)
         return torch.cat(parts, dim=2)
 
+    def param_factor_into(self, record: Record, factor: torch.Tensor, out: torch.Tensor) -> None:
+        names = self.trainable(record.module)
+        num, cols, size = factor.shape[0], factor.shape[1], 0
+        if "weight" in names:
+            size = factor.shape[2] * record.inputs.shape[1]
+            view = out[..., :size].view(num, cols, factor.shape[2], record.inputs.shape[1])
+            torch.mul(factor[..., :, None], record.inputs[:, None, None, :], out=view)
+        if "bias" in names:
+            out[..., size:].copy_(factor)
+
     def diag(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
         squared = factor.pow(2)
         return self._diag_from(record, squared.sum(1), squared.sum((0, 1)))
+
+    def signed_diag(self, record: Record, factor: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        squared = factor.pow(2)
+        per_sample = squared.sum(1) if weights is None else torch.einsum("nk,nko->no", weights, squared)
+        return self._diag_from(record, per_sample, per_sample.sum(0))
+
+    def diag_from_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor:
+        return self._diag_from(record, diag, diag.sum(0))
+
+    def jacobian_rows(self, record: Record) -> torch.Tensor:
+        weight = record.module.weight.detach()
+        return weight.expand(record.inputs.shape[0], *weight.shape)
 
     def _diag_from(self, record: Record, per_sample: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         parts = []

@@ -36,6 +36,9 @@ class IdentityRule(ModuleRule):
     def sandwich(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
         return hessian
 
+    def backprop_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor:
+        return diag.reshape(diag.shape[0], *record.in_shape)
+
     def kfra_backprop(self, record: Record, gbar: torch.Tensor) -> torch.Tensor:
         return gbar
 

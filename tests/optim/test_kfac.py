@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import curvlab
+from curvlab import reference
+from curvlab.optim import KFAC, HyperparameterError
+from curvlab.partition import Partition
+
+
+def _mlp(loss_fn=None, n=6, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(n, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (n,)) if isinstance(loss_fn, nn.CrossEntropyLoss) else torch.randn(n, 2, dtype=torch.float64)
+    return model, loss_fn or nn.MSELoss(), x, y
+
+
+@pytest.mark.parametrize("mode, damping, tol", [("exact", 1e-9, 1e-7), ("factored", 1e-11, 1e-4)])
+@pytest.mark.parametrize("loss_fn", [nn.MSELoss(), nn.CrossEntropyLoss()], ids=["mse", "ce"])
+def test_kflr_at_batch_size_one_takes_exact_block_diagonal_ggn_newton_step(loss_fn, mode, damping, tol):
+    """At N = 1 each layer's GGN block is exactly G ⊗ A (rank-deficient); tiny damping gives the
+    pseudo-inverse (Newton) step. Factored damping perturbs it by O(√γ), hence the looser tolerance."""
+    model, loss_fn, x, y = _mlp(loss_fn, n=1)
+    G = reference.ggn(model, loss_fn, x, y)
+    g = reference.gradient(model, loss_fn, x, y)
+    theta = reference.flat_parameters(model)
+    expected = theta.clone()
+    for group in Partition.from_model(model, "layer").groups:
+        idx = group.indices
+        block = G[idx][:, idx]
+        expected[idx] -= torch.linalg.pinv(block, hermitian=True, rtol=1e-10) @ g[idx]
+    opt = KFAC(model, loss_fn, curvature="kflr", damping=damping, damping_mode=mode, ema_decay=0.0,
+               step_rescaling="none", lr=1.0)
+    opt.step(x, y)
+    torch.testing.assert_close(reference.flat_parameters(model), expected, rtol=tol, atol=tol)
+
+
+def test_factored_tikhonov_with_pi_and_quadratic_rescaling():
+    model, loss_fn, x, y = _mlp()
+    gamma = 0.05
+    kflr = curvlab.compute(model, loss_fn, (x, y), ["kflr"], progress=False)["kflr"]
+    g = reference.gradient(model, loss_fn, x, y)
+    G = reference.ggn(model, loss_fn, x, y)
+    theta = reference.flat_parameters(model)
+    d = torch.empty_like(g)
+    pis = []
+    for group in Partition.from_model(model, "layer").groups:
+        factors = kflr.layers[group.name]
+        A, Gf = factors.A, factors.G
+        pi = math.sqrt((A.trace() / A.shape[0]) / (Gf.trace() / Gf.shape[0]))
+        pis.append(pi)
+        eye_a, eye_g = torch.eye(A.shape[0], dtype=A.dtype), torch.eye(Gf.shape[0], dtype=A.dtype)
+        damped = torch.kron(Gf + pi * math.sqrt(gamma) * eye_g, A + math.sqrt(gamma) / pi * eye_a)
+        # Kronecker ordering vec([W, b]) row-major -> reference ordering (W.flatten(), b)
+        v = factors.to_matrix(g[group.indices]).reshape(-1)
+        d[group.indices] = factors.from_matrix(torch.linalg.solve(damped, v).reshape(factors.matrix_shape))
+    alpha = min(1.0, float(g @ d / (d @ G @ d + gamma * d @ d)))
+    opt = KFAC(model, loss_fn, curvature="kflr", damping=gamma, ema_decay=0.0, lr=0.8)
+    opt.step(x, y)
+    stats = opt.statistics()
+    assert stats["step_scale"] == pytest.approx(alpha)
+    torch.testing.assert_close(stats["pi"], torch.tensor(pis, dtype=stats["pi"].dtype))
+    torch.testing.assert_close(reference.flat_parameters(model), theta - 0.8 * alpha * d)
+
+
+def test_ema_of_factors_and_update_periods():
+    model, loss_fn, x, y = _mlp(n=8)
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    opt = KFAC(model, loss_fn, curvature="kflr", ema_decay=0.75, stats_period=2, inverse_period=3,
+               step_rescaling="none", lr=1e-3)
+    flags, expected = [], None
+    for step in range(6):
+        batch = batches[step % 2]
+        if step % 2 == 0:
+            new = curvlab.compute(model, loss_fn, batch, ["kflr"], progress=False)["kflr"].layers["2"].A
+            expected = new if expected is None else 0.75 * expected + 0.25 * new
+        opt.step(*batch)
+        stats = opt.statistics()
+        flags.append((stats["stats_updated"], stats["inverses_updated"]))
+        torch.testing.assert_close(opt.global_state["factors"]["2"]["A"], expected)
+    assert flags == [(1.0, 1.0), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.0, 0.0)]
+
+
+def test_kl_clip_scale():
+    model, loss_fn, x, y = _mlp(nn.CrossEntropyLoss())
+    opt = KFAC(model, loss_fn, curvature="kfac", step_rescaling="kl-clip", kl_clip=1e-4, lr=0.5,
+               damping=1e-2, mc_samples=4)
+    g = reference.gradient(model, loss_fn, x, y)
+    theta = reference.flat_parameters(model)
+    opt.step(x, y)
+    d = (theta - reference.flat_parameters(model)) / (0.5 * opt.statistics()["step_scale"])
+    expected = min(1.0, math.sqrt(1e-4 / (0.25 * float(g @ d))))
+    assert opt.statistics()["step_scale"] == pytest.approx(expected)
+    assert expected < 1.0
+
+
+@pytest.mark.parametrize(
+    "kw, name",
+    [({"curvature": "kfc"}, "curvature"), ({"damping_mode": "tikhonov"}, "damping_mode"), ({"damping": 0.0}, "damping"), ({"ema_decay": 1.0}, "ema_decay"),
+     ({"stats_period": 0}, "stats_period"), ({"inverse_period": 1.5}, "inverse_period"),
+     ({"step_rescaling": "clip"}, "step_rescaling"), ({"kl_clip": -1.0}, "kl_clip"), ({"seed": -1}, "seed")],
+)
+def test_bad_hyperparameters(kw, name):
+    model, loss_fn, _, _ = _mlp()
+    with pytest.raises(HyperparameterError, match=name):
+        KFAC(model, loss_fn, **kw)

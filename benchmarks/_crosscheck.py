@@ -31,11 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.func import functional_call, hessian, jacrev
-
 from _peers import Library, NotOffered, nngeometry_scale, prepare
 from _problems import Problem
+from torch import nn
+from torch.func import functional_call, hessian, jacrev
 
 __all__ = ["CheckRow", "autograd_references", "cross_check"]
 
@@ -77,7 +76,7 @@ def autograd_references(problem: Problem) -> dict[str, torch.Tensor]:
 
     def outputs(flat):
         chunks = flat.split([s.numel() for s in shapes])
-        params = {n: c.view(s) for (n, _), c, s in zip(named, chunks, shapes)}
+        params = {n: c.view(s) for (n, _), c, s in zip(named, chunks, shapes, strict=True)}
         return functional_call(model, params, (x,))
 
     def loss(flat):
@@ -159,7 +158,7 @@ def _autograd_truth(quantity: str, problem: Problem, refs: dict[str, torch.Tenso
 
 
 def _linear_blocks(blocks: list[torch.Tensor], problem: Problem) -> list[torch.Tensor]:
-    return [b for b, (_, _, m) in zip(blocks, _slices(problem)) if isinstance(m, nn.Linear)]
+    return [b for b, (_, _, m) in zip(blocks, _slices(problem), strict=True) if isinstance(m, nn.Linear)]
 
 
 def _run(library: Library, quantity: str, problem: Problem):
@@ -257,10 +256,10 @@ def _norm_ratios(compute_value, ref: list[torch.Tensor]) -> str:
         value = compute_value()
     except Exception:  # noqa: BLE001 - the comparison row reports the error
         return "n/a"
-    return ", ".join(f"x{float(v.norm() / r.norm()):.3g}" for v, r in zip(value, ref))
+    return ", ".join(f"x{float(v.norm() / r.norm()):.3g}" for v, r in zip(value, ref, strict=True))
 
 
 def _split_blocks(blocks: list[torch.Tensor], problem: Problem) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-parameter blocks of ``Linear`` layers and of all other (convolution) layers."""
     kinds = [isinstance(m, nn.Linear) for _, _, m in _slices(problem)]
-    return [b for b, k in zip(blocks, kinds) if k], [b for b, k in zip(blocks, kinds) if not k]
+    return [b for b, k in zip(blocks, kinds, strict=True) if k], [b for b, k in zip(blocks, kinds, strict=True) if not k]

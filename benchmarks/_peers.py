@@ -37,9 +37,8 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch import nn
-
 from _problems import Problem
+from torch import nn
 
 __all__ = ["QUANTITIES", "Library", "NotOffered", "TooLarge", "estimate_bytes", "nngeometry_scale", "prepare"]
 
@@ -182,8 +181,13 @@ def _backpack(quantity: str, problem: Problem) -> Callable[[], object]:
 
 # ---------------------------------------------------------------------------------------------- curvlinops
 def _curvlinops(quantity: str, problem: Problem) -> Callable[[], object]:
-    from curvlinops import (EKFACLinearOperator, FisherType, GGNLinearOperator, HessianLinearOperator,
-                            KFACLinearOperator)
+    from curvlinops import (
+        EKFACLinearOperator,
+        FisherType,
+        GGNLinearOperator,
+        HessianLinearOperator,
+        KFACLinearOperator,
+    )
 
     model, loss_fn = copy.deepcopy(problem.model), copy.deepcopy(problem.loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]

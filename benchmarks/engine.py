@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import resource
+import select
 import signal
 import statistics
 import sys
@@ -41,7 +42,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from _crosscheck import cross_check  # noqa: E402
 from _peers import QUANTITIES, Library, NotOffered, TooLarge, prepare  # noqa: E402
 from _problems import MODEL_KEYS, Problem, build_problem  # noqa: E402
@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="if the warm-up run takes longer than this, time a single run")
     parser.add_argument("--cell-timeout", type=float, default=240.0,
                         help="seconds allowed per cell (library × quantity), profiled run included")
+    parser.add_argument("--isolate", dest="isolate", action="store_true", default=hasattr(os, "fork"),
+                        help="run every cell in a forked child (default where fork exists): hard timeout, "
+                             "no state shared between cells")
+    parser.add_argument("--no-isolate", dest="isolate", action="store_false")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-gb", type=float, default=6.0,
@@ -132,12 +136,13 @@ class CellTimeout(Exception):
 
 @contextlib.contextmanager
 def _time_limit(seconds: float):
-    """Raise :class:`CellTimeout` in the main thread after ``seconds`` (between two torch operations)."""
+    """Raise :class:`CellTimeout` in the main thread after ``seconds``. Python checks for signals between
+    bytecodes only, so one long torch operation overruns it: :func:`_isolated` enforces the hard limit."""
     if seconds <= 0:
         raise CellTimeout("no time left (--cell-timeout)")
 
     def stop(signum, frame):
-        raise CellTimeout(f"stopped after --cell-timeout")
+        raise CellTimeout("stopped after --cell-timeout")
 
     previous = signal.signal(signal.SIGALRM, stop)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -148,45 +153,102 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _cell(library: Library, quantity: str, problem: Problem, args, baseline, base_s: float) -> dict:
+def _measure_cell(library: Library, quantity: str, problem: Problem, args, baseline, base_s: float,
+                  report=lambda partial: None) -> dict:
     """Time one (library, quantity): a profiled first run (peak memory, doubles as warm-up), then
-    :func:`measure_paired`. Slow cells get one timed run; a cell past ``--cell-timeout`` keeps the profiled
-    run's time if it has one (marked ``from_profiled_run``), else reports ``timeout`` with a lower bound."""
+    :func:`measure_paired`. Slow cells get one timed run. ``report`` receives the profiled run's result
+    first, so that a cell cut short later still has a (profiler-inflated) time, marked ``from_profiled_run``."""
     row = {"library": library.value, "quantity": quantity}
-    _settle_garbage()
     start = time.perf_counter()
-    left = lambda: args.cell_timeout - (time.perf_counter() - start)  # noqa: E731
-    first = None
     try:
         fn = prepare(library, quantity, problem, args.max_gb * 2**30)
         row["setup_s"] = time.perf_counter() - start
-        warmup, repeats = args.warmup, args.repeats
+        warmup, repeats, peak = args.warmup, args.repeats, None
         if not args.no_memory:  # the profiled run is the first warm-up run
-            with _time_limit(left()):
-                first = profiled_run(fn)
-            warmup = max(warmup - 1, 0)
+            first = profiled_run(fn)
+            peak, warmup = first.peak_bytes, max(warmup - 1, 0)
+            report({**row, "status": "ok", "median_s": first.seconds, "min_s": first.seconds,
+                    "max_s": first.seconds, "repeats": 1, "truncated": True, "from_profiled_run": True,
+                    "ratio": first.seconds / base_s, "baseline_median_s": base_s, "peak_bytes": peak})
             if first.seconds > args.slow_s:
                 warmup, repeats = 0, 1
-        with _time_limit(left()):
-            timing = measure_paired(fn, baseline, repeats, warmup, args.slow_s)
+        timing = measure_paired(fn, baseline, repeats, warmup, args.slow_s)
     except NotOffered:
         return {**row, "status": "n/a"}
     except TooLarge as err:
         return {**row, "status": "skip", "error": str(err)}
-    except CellTimeout:
-        elapsed = time.perf_counter() - start
-        if first is None:
-            return {**row, "status": "timeout", "ratio_lower_bound": elapsed / base_s,
-                    "error": f"no run finished within --cell-timeout {args.cell_timeout:g} s"}
-        return {**row, "status": "ok", "median_s": first.seconds, "min_s": first.seconds, "max_s": first.seconds,
-                "repeats": 1, "truncated": True, "from_profiled_run": True, "ratio": first.seconds / base_s,
-                "baseline_median_s": base_s, "peak_bytes": first.peak_bytes}
     except Exception as err:  # noqa: BLE001 - a failing library is a result, not a crash
         return {**row, "status": "error", "error": f"{type(err).__name__}: {err}"[:400]}
     work = timing.work
     return {**row, "status": "ok", "median_s": work.median_s, "min_s": work.min_s, "max_s": work.max_s,
             "repeats": work.repeats, "truncated": work.truncated or repeats < args.repeats, "ratio": timing.ratio,
-            "baseline_median_s": timing.baseline.median_s, "peak_bytes": None if first is None else first.peak_bytes}
+            "baseline_median_s": timing.baseline.median_s, "peak_bytes": peak}
+
+
+def _isolated(measure, timeout: float) -> list[dict]:
+    """Run ``measure(report)`` in a forked child and return the dicts it reported, its result last.
+
+    The child is killed after ``timeout`` seconds (a long torch operation cannot be interrupted from
+    Python), and its memory, hooks and garbage die with it. A child that dies (e.g. out of memory) or is
+    killed leaves only what it reported before.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into the parent's code
+        code = 0
+        try:
+            os.close(read_fd)
+            out = os.fdopen(write_fd, "w")
+
+            def send(item):
+                out.write(json.dumps(item, default=str) + "\n")
+                out.flush()
+
+            send(measure(send))
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    deadline, buffer, status = time.monotonic() + timeout, b"", None
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([pipe], [], [], remaining)[0]:
+                os.kill(pid, signal.SIGKILL)
+                status = "timeout"
+                break
+            chunk = pipe.read(1 << 16)
+            if not chunk:
+                break
+            buffer += chunk
+    _, wait_status = os.waitpid(pid, 0)
+    items = [json.loads(line) for line in buffer.decode().splitlines() if line.strip()]
+    if status is None and os.WIFSIGNALED(wait_status):
+        status = f"killed by signal {os.WTERMSIG(wait_status)}"
+    if status:
+        items.append({"status": status})
+    return items
+
+
+def _cell(library: Library, quantity: str, problem: Problem, args, baseline, base_s: float) -> dict:
+    """One cell, in a forked child when ``--isolate`` (default), with ``--cell-timeout``."""
+    _settle_garbage()
+    if not args.isolate:
+        return _measure_cell(library, quantity, problem, args, baseline, base_s)
+    items = _isolated(lambda send: _measure_cell(library, quantity, problem, args, baseline, base_s, send),
+                      args.cell_timeout)
+    row = {"library": library.value, "quantity": quantity}
+    final = items[-1] if items else {"status": "error", "error": "the child process reported nothing"}
+    if final.get("status") in ("timeout",) or str(final.get("status", "")).startswith("killed"):
+        profiled = [i for i in items[:-1] if i.get("from_profiled_run")]
+        if profiled:
+            return {**profiled[-1], "note": f"{final['status']} after the profiled run"}
+        if final["status"] == "timeout":
+            return {**row, "status": "timeout", "ratio_lower_bound": args.cell_timeout / base_s,
+                    "error": f"no run finished within --cell-timeout {args.cell_timeout:g} s"}
+        return {**row, "status": "error", "error": f"child process {final['status']} (out of memory?)"}
+    return final
 
 
 def run_model(key: str, args) -> dict:
@@ -202,13 +264,28 @@ def run_model(key: str, args) -> dict:
             cells.append(_cell(library, quantity, problem, args, base, before.median_s))
             print(f"  [{key}] {quantity:<15} {library.value:<11} {_format_cell(cells[-1]):<16} "
                   f"({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+    floor = _factor_floor(problem, args) if "ggn" in args.quantities else None
     _settle_garbage()
     after = measure_time(base, max(args.repeats, 5), 0)
     paired = [c["baseline_median_s"] for c in cells if c["status"] == "ok"]
     base_s = statistics.median(paired) if paired else before.median_s
     return {"key": key, "description": problem.description, "num_params": problem.num_params,
             "batch_size": problem.batch_size, "baseline_ms": base_s * 1e3, "baseline_before_ms": before.median_s * 1e3,
-            "baseline_after_ms": after.median_s * 1e3, "baseline_peak_bytes": base_peak, "cells": cells}
+            "baseline_after_ms": after.median_s * 1e3, "baseline_peak_bytes": base_peak,
+            "ggn_factor_floor": floor, "cells": cells}
+
+
+def _factor_floor(problem: Problem, args) -> dict | None:
+    """Cost of merely allocating and writing the square-root GGN factor V [N·C, P] once (float32, fresh
+    memory each time): a lower bound for any ``ggn`` cell that materialises V, whatever the algorithm."""
+    shape = (problem.batch_size * problem.num_outputs, problem.num_params)
+    nbytes = shape[0] * shape[1] * problem.inputs.element_size()
+    if nbytes > args.max_gb * 2**30:
+        return None
+    _settle_garbage()
+    paired = measure_paired(lambda: torch.ones(shape, dtype=problem.inputs.dtype), plain_gradient(problem),
+                            repeats=min(args.repeats, 3), warmup=1)
+    return {"shape": list(shape), "bytes": nbytes, "median_s": paired.work.median_s, "ratio": paired.ratio}
 
 
 def _format_cell(cell: dict | None) -> str:
@@ -246,9 +323,13 @@ def format_table(result: dict, libraries: list[Library], quantities: list[str]) 
              f"peak {format_bytes(result['baseline_peak_bytes'])}",
              "cells: median ratio to the paired plain forward+backward, peak tensor memory"]
     for i, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    floor = result.get("ggn_factor_floor")
+    if floor and "ggn" in quantities:
+        lines.append(f"  ggn floor: allocating and writing V [{floor['shape'][0]}, {floor['shape'][1]:,}] "
+                     f"({format_bytes(floor['bytes'])}) once costs {floor['ratio']:.1f}× the plain forward+backward")
     if any(c.get("truncated") and not c.get("from_profiled_run") for c in result["cells"]):
         lines.append("  ¹ first run slower than --slow-s: a single timed run")
     if any(c.get("from_profiled_run") for c in result["cells"]):

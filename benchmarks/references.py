@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         ("per_sample_gradients [N, P]", lambda: ref.per_sample_gradients(model, loss_fn, x, y)),
         ("hessian", lambda: ref.hessian(model, loss_fn, x, y)),
         *[
-            (f"hessian (chunk_size={c})", lambda c=c: ref.hessian(model, loss_fn, x, y, chunk_size=c))
+            (
+                f"hessian (chunk_size={c})",
+                lambda c=c: ref.hessian(model, loss_fn, x, y, chunk_size=c),
+            )
             for c in args.chunk_sizes
         ],
         ("ggn", lambda: ref.ggn(model, loss_fn, x, y)),

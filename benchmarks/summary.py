@@ -4,14 +4,18 @@ Problem (Wolinski's MNIST setting): MLP 784-1024-200-100-10 with tanh, cross-ent
 partition (S = 8 groups), batch 1000, float32, direction = the gradient. Data: random MNIST-shaped
 inputs, or the first ``--batch`` images of ``--mnist PATH`` (e.g. ``../shared/data/mnist-5k-labeled.npz``).
 
-For each order (2: ḡ, H̄; 3: also D³) every method computes the summary ``--repeats`` times. The runs
+The reference is GroupedNewton's own route (``method="double_backward"``: S double-backward HVPs,
+row i differentiated only w.r.t. groups j >= i); ``--full-hvps`` adds the unpruned variant (S HVPs
+w.r.t. all parameters) as a second baseline. For each order (2: ḡ, H̄; 3: also D³) every method
+computes the summary ``--repeats`` times. The runs
 are interleaved (reference, then each method, per repetition), so load changes on a shared machine
 hit them alike; the reported ratio is the median over repetitions of time(method) / time(reference).
 Both wall time and the process's CPU time are recorded. The script also checks that the methods agree.
 
 Usage:
     python benchmarks/summary.py [--batch 1000] [--repeats 5] [--threads 1] [--orders 2,3]
-                                 [--methods layered,functional] [--mnist PATH] [--json OUT] [--quick]
+                                 [--methods layered,functional] [--full-hvps] [--mnist PATH]
+                                 [--json OUT] [--quick]
 """
 
 from __future__ import annotations
@@ -39,6 +43,27 @@ from curvlab.partition import Partition  # noqa: E402
 
 REFERENCE = "double_backward"
 METHODS = ("layered", "functional", "double_backward")
+FULL_HVPS = "full_hvps"  # order 2 only: S unpruned double-backward HVPs (the literal textbook route)
+
+
+def full_hvp_summary(model: nn.Module, loss_fn: nn.Module, x, y, direction, partition: Partition):
+    """ḡ and H̄ from S Hessian-vector products H u_s, each a double backward w.r.t. *all* parameters
+    (unlike GroupedNewton's code, which differentiates ḡ_i only w.r.t. groups j >= i). Whole-tensor
+    groups only; used as a second, weaker baseline."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    index = {name: k for k, name in enumerate(info.name for info in partition.params)}
+    members = [[index[info.name] for info in g.params] for g in partition.groups]
+    grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
+
+    def dots(tensors, group):
+        return sum((tensors[k] * direction[k]).sum() for k in group)
+
+    gbar = torch.stack([dots(grads, g) for g in members]).detach()
+    columns = []
+    for g in members:
+        hv = torch.autograd.grad(dots(grads, g), params, retain_graph=True)
+        columns.append(torch.stack([dots(hv, other) for other in members]))
+    return gbar, torch.stack(columns, 1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default="layered", help=f"compared with {REFERENCE}: {', '.join(METHODS[:2])}")
     p.add_argument("--mnist", type=Path, default=None, help=".npz with images/labels (else random data)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--full-hvps", action="store_true",
+                   help=f"also time S unpruned double-backward HVPs ({FULL_HVPS}, order 2)")
     p.add_argument("--quick", action="store_true", help="tiny MLP 64-32-16-10, batch 64, 1 repeat (smoke test)")
     args = p.parse_args(argv)
     args.orders = [int(o) for o in args.orders.split(",")]
@@ -75,6 +102,11 @@ def build(args) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
         y = torch.from_numpy(raw["labels"][: args.batch].astype(np.int64))
         return model, x, y, str(args.mnist)
     return model, torch.rand(args.batch, 784), torch.randint(0, 10, (args.batch,)), "random"
+
+
+class _AsSummary:
+    def __init__(self, gbar, hbar):
+        self.gbar, self.hbar, self.d3 = gbar, hbar, None
 
 
 def _timed(fn):
@@ -119,20 +151,23 @@ def run(args) -> dict:
                                                    partition=partition, order=order, method=m))
             for m in methods
         }
+        if order == 2 and args.full_hvps:
+            call[FULL_HVPS] = lambda: _AsSummary(*full_hvp_summary(model, loss_fn, x, y, direction, partition))
+        names = list(call)
         for _ in range(args.warmup):
-            for m in methods:
+            for m in names:
                 call[m]()
-        wall = {m: [] for m in methods}
-        cpu = {m: [] for m in methods}
+        wall = {m: [] for m in names}
+        cpu = {m: [] for m in names}
         results = {}
         for _ in range(args.repeats):
-            for m in methods:
+            for m in names:
                 results[m], w, c = _timed(call[m])
                 wall[m].append(w)
                 cpu[m].append(c)
         ref = results[REFERENCE]
         rows = []
-        for m in methods:
+        for m in names:
             res = results[m]
             scale = float(ref.hbar.abs().max())
             rows.append({
@@ -142,7 +177,7 @@ def run(args) -> dict:
                 "ratio_wall": statistics.median(a / b for a, b in zip(wall[m], wall[REFERENCE])),
                 "ratio_cpu": statistics.median(a / b for a, b in zip(cpu[m], cpu[REFERENCE])),
                 "hbar_rel_diff": float((res.hbar - ref.hbar).abs().max()) / scale,
-                "d3_rel_diff": None if ref.d3 is None else
+                "d3_rel_diff": None if ref.d3 is None or res.d3 is None else
                 float((res.d3 - ref.d3).abs().max() / ref.d3.abs().max()),
             })
         report["orders"].append({"order": order, "rows": rows})

@@ -56,7 +56,7 @@ with tracker:
         loss_fn(model(data.train[0][idx]), data.train[1][idx]).backward()
         optimizer.step()
 quality = tracker.dataset
-quality
+quality  # noqa: B018 (notebook display)
 
 # %%
 plot_metric_curves(quality, ["rel_frobenius_error", "eigenspace_overlap", "step_cosine"],

@@ -59,7 +59,7 @@ densities_init, exact_init = spectra("init")
 # %%
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 generator = torch.Generator().manual_seed(0)
-for step in range(STEPS):
+for _ in range(STEPS):
     idx = torch.randint(0, len(data.train[0]), (64,), generator=generator)
     optimizer.zero_grad()
     loss_fn(model(data.train[0][idx]), data.train[1][idx]).backward()

@@ -58,7 +58,7 @@ quality = netcdf.read(folder / "quality.nc")
 xr.testing.assert_identical(quality, m.quality)
 ggn = curvlab.DenseCurvature.from_xarray(tree["ggn"].to_dataset())
 assert torch.equal(ggn.dense(), m.curvature["ggn"].dense())
-tree
+tree  # noqa: B018 (notebook display)
 
 # %% [markdown]
 # ## Slice by coordinates

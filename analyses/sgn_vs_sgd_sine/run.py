@@ -232,13 +232,17 @@ def plot(ds: xr.Dataset, path: Path) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey="row")
     colors = plt.cm.viridis(np.linspace(0, 0.9, 4))
-    for label, method, k in zip(ds.setting.values, ds.method.values, range(ds.sizes["setting"])):
+    for label, method, k in zip(ds.setting.values, ds.method.values, range(ds.sizes["setting"]), strict=True):
         style = dict(color=colors[k % 4], linestyle="--" if method == "SGN" else "-", label=str(label))
         sub = ds.sel(setting=label)
         for row, kind in enumerate(("train", "test")):
             axes[row, 0].plot(ds.time, sub[f"{kind}_loss_at_time"].mean("seed"), **style)
             axes[row, 1].plot(ds.epoch, sub[f"{kind}_loss"].mean("seed"), **style)
     for row, kind in enumerate(("train", "test")):
+        values = ds[f"{kind}_loss"].values
+        finite = values[np.isfinite(values)]
+        top = 3 * float(np.nanmax(ds[f"{kind}_loss"].isel(epoch=0).values))  # diverging runs leave the plot
+        axes[row, 0].set_ylim(max(float(finite.min()) * 0.5, 1e-12), top)
         axes[row, 0].set_xlabel("training time [s]")
         axes[row, 1].set_xlabel("epoch")
         axes[row, 1].set_xscale("symlog", linthresh=1)
@@ -259,11 +263,14 @@ def main(argv: list[str] | None = None) -> xr.Dataset:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--smoke", action="store_true", help="tiny data and budget (seconds)")
     parser.add_argument("--budget", type=float, default=None, help="seconds of training per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     args = parser.parse_args(argv)
     config = json.loads(args.config.read_text())
     if args.budget is not None:
         config["budget_seconds"] = args.budget
         config["smoke"]["budget_seconds"] = args.budget
+    if args.seeds is not None:
+        config["seeds"] = config["smoke"]["seeds"] = args.seeds
     return run(config, args.out, args.smoke)
 
 

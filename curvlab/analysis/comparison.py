@@ -113,7 +113,7 @@ def compare(
         dense = as_dense(approx, f"approximation {name!r}")
         if dense.shape != e.shape:
             raise ValueError(f"approximation {name!r} is {tuple(dense.shape)} but the exact matrix is {tuple(e.shape)}")
-        for b, (idx, cached) in enumerate(zip([*blocks, None], exact_blocks)):
+        for b, (idx, cached) in enumerate(zip([*blocks, None], exact_blocks, strict=True)):
             block = dense if idx is None else sub_block(dense, idx)
             # the whole matrix's eigenvectors come from the representation when it has a cheap eigh
             rep = approx if idx is None and not isinstance(approx, torch.Tensor) and hasattr(approx, "eigh") else None

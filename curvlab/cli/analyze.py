@@ -184,7 +184,7 @@ def _figures(out: Path, ds, measurements, when, args) -> list[str]:
         "interactions.png": plots.plot_block_norms(exact, part, interaction=True,
                                                    title=f"{args.reference}: interaction strength (step {when[-1]})"),
         "spectrum.png": plots.plot_spectrum({f"{args.reference}, step {w}": m.quality.eigenvalues
-                                             for w, m in zip(when, measurements)}),
+                                             for w, m in zip(when, measurements, strict=True)}),
     }
     approx = {n: r for n, r in last.curvature.items() if n != args.reference}
     if approx:

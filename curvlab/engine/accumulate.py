@@ -51,9 +51,12 @@ class Accumulator:
         self.sums: dict = {}
         self.inputs: dict = {}
         self.rows: dict = {}
+        self._result: BatchStatistics | None = None
+        self._rows_scaled: float = 1.0  # a single batch's factor is scaled in place by result()
 
     def add(self, stats: BatchStatistics) -> None:
         """Add one batch."""
+        self._unscale_rows()
         self.batches += 1
         self.normalizer += stats.normalizer
         self.count += stats.count
@@ -72,6 +75,7 @@ class Accumulator:
         """Sum over the ranks of an initialised process group (no-op otherwise)."""
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
+        self._unscale_rows()
         counts = torch.tensor([self.batches, self.normalizer, self.count], dtype=torch.float64)
         dist.all_reduce(counts)
         self.batches, self.normalizer, self.count = (int(v) for v in counts.tolist())
@@ -88,16 +92,29 @@ class Accumulator:
             padded[: local.shape[0]] = local
             gathered = [torch.empty_like(padded) for _ in sizes]
             dist.all_gather(gathered, padded)
-            self.rows[key] = [g[:s] for g, s in zip(gathered, sizes)]
+            self.rows[key] = [g[:s] for g, s in zip(gathered, sizes, strict=True)]
 
     def result(self) -> BatchStatistics:
         """The combined, scaled statistics (A divided by N, the rest by W, rows by √W)."""
         if self.batches == 0:
             raise ValueError("no batch was recorded: run a forward and backward pass inside the hooks")
+        if self._result is not None:
+            return self._result
         weight = self.weight
         out = BatchStatistics(self.normalizer, self.count)
         out.sums = {k: v / weight for k, v in self.sums.items()}
         out.inputs = {k: v / self.count for k, v in self.inputs.items()}
         scale = 1 / math.sqrt(weight)
-        out.rows = {k: (v[0].mul_(scale) if len(v) == 1 else torch.cat(v).mul_(scale)) for k, v in self.rows.items()}
+        # one batch: scale its factor in place (it can be gigabytes); the result is cached
+        single = all(len(v) == 1 for v in self.rows.values())
+        out.rows = {k: (v[0].mul_(scale) if single else torch.cat(v).mul_(scale)) for k, v in self.rows.items()}
+        self._rows_scaled = scale if single and self.rows else 1.0
+        self._result = out
         return out
+
+    def _unscale_rows(self) -> None:
+        self._result = None
+        if self._rows_scaled != 1.0:
+            for value in self.rows.values():
+                value[0].div_(self._rows_scaled)
+            self._rows_scaled = 1.0

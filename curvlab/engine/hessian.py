@@ -62,7 +62,7 @@ def full_hessian(
     grad, hess = output_grad.detach().flatten(1), output_hessian.detach()
 
     def phi(flat: torch.Tensor) -> torch.Tensor:
-        params = {n: t.view(s) for n, t, s in zip(names, flat.split([s.numel() for s in shapes]), shapes)}
+        params = {n: t.view(s) for n, t, s in zip(names, flat.split([s.numel() for s in shapes]), shapes, strict=True)}
         f = functional_call(model, params, (inputs,)).flatten(1)
         d = f - f0
         return 0.5 * torch.einsum("nc,ncd,nd->", d, hess, d) + (grad * f).sum()

@@ -36,7 +36,7 @@ from curvlab.engine.model_check import Layer, supported_layers
 from curvlab.engine.quantities import Quantity, Source, parse_quantities
 from curvlab.engine.result import model_partition
 from curvlab.engine.rules import RULES, ModuleRule, Record
-from curvlab.engine.statistics import EngineConfig, batch_statistics
+from curvlab.engine.statistics import EngineConfig, batch_statistics, has_trainable
 from curvlab.errors import UnsupportedModuleError
 from curvlab.guards import check_finite
 from curvlab.losses import loss_adapter
@@ -214,7 +214,7 @@ class CurvatureHooks:
                     "was not called in the forward pass; its curvature would be skipped"
                 )
         records = trace.records
-        first = next(i for i, r in enumerate(records) if r.rule.has_parameters)
+        first = next(i for i, r in enumerate(records) if has_trainable(r))
         for record in records[first:]:
             record.rule.check_call(record)
         outputs = check_finite(trace.outputs, "model output")

@@ -1,10 +1,11 @@
 """Up-front check of a model: every module supported, every trainable parameter owned by a rule.
 
 Supported natively: ``nn.Sequential`` containers (nested) of leaf modules that have a rule in
-:data:`curvlab.engine.rules.RULES`. The forward pass must be the chain of those leaves; the hooks verify
-this at run time. Other containers (custom ``forward``: residual or branching models) raise
-:class:`~curvlab.errors.UnsupportedModuleError`; convert them to a graph of supported modules first
-(:func:`curvlab.engine.fx.sequential_from_graph` handles graphs that are chains).
+:data:`curvlab.engine.rules.RULES`. Models with other containers (a custom ``forward``) go through
+``torch.fx``: :func:`curvlab.engine.fx_check.chain_from_fx` accepts them if their traced graph is a
+chain of leaf modules, and raises :class:`~curvlab.errors.UnsupportedModuleError` naming the first
+functional, branching or skip-connection node otherwise (residual models are not supported by the
+hook engine). The hooks re-check at run time that the forward pass is the chain of the leaves.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from curvlab.engine.fx_check import chain_from_fx
 from curvlab.engine.rules import RULES, ModuleRule, rule_for
 from curvlab.errors import UnsupportedModuleError
 
@@ -34,7 +36,8 @@ def supported_layers(model: nn.Module, rules: Mapping[type, ModuleRule] = RULES)
 
     Raises:
         UnsupportedModuleError: naming the first unsupported module (qualified name and type), a
-            container with its own ``forward``, or a trainable parameter no rule handles.
+            forward that is not a chain of modules (with the offending ``torch.fx`` node), or a
+            trainable parameter no rule handles.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.Tanh(), nn.Linear(3, 1)))
@@ -52,22 +55,28 @@ def supported_layers(model: nn.Module, rules: Mapping[type, ModuleRule] = RULES)
             f"the model is a single {type(model).__qualname__}; wrap it in nn.Sequential(...) so that its "
             "layer has a name"
         )
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        if not list(module.children()):
+            rule_for(module, name, rules)  # the module's own error comes first
+    chain = None
+    if any(list(m.children()) and type(m) is not nn.Sequential for m in modules.values()):
+        chain = set(chain_from_fx(model))  # raises unless forward is a chain of leaf modules
     layers = []
-    for name, module in model.named_modules():
-        children = list(module.children())
-        if children:
-            if type(module) is not nn.Sequential:
-                label = repr(name) if name else "the model"
-                raise UnsupportedModuleError(
-                    f"module {label} ({type(module).__qualname__}) is a container with its own forward; only "
-                    "nn.Sequential containers are supported. Convert residual or branching models to a "
-                    "chain of supported modules (see curvlab.engine.fx)"
-                )
+    for name, module in modules.items():
+        if list(module.children()):
             own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
             if own:
                 raise UnsupportedModuleError(
-                    f"container {name!r} ({type(module).__qualname__}) owns parameters {own} directly; "
-                    "no rule handles them"
+                    f"container {name or 'the model'!r} ({type(module).__qualname__}) owns parameters {own} "
+                    "directly; no rule handles them"
+                )
+            continue
+        if chain is not None and name not in chain:
+            if any(p.requires_grad for p in module.parameters()):
+                raise UnsupportedModuleError(
+                    f"module {name!r} ({type(module).__qualname__}) has trainable parameters but the model's "
+                    "forward does not call it; its curvature would be skipped"
                 )
             continue
         layers.append(Layer(name, module, rule_for(module, name, rules)))

@@ -21,6 +21,7 @@ results always by the "layer" partition (their structure).
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -88,12 +89,38 @@ class Curvature(Mapping[str, CurvatureRepresentation]):
         """The diagonal block of quantity ``name`` for one group of its partition."""
         return self[name].block(group, group)
 
+    #: ``curvlab_kind`` of the export (``curvlab.load`` dispatches on it once ``curvlab.io.KINDS`` lists it).
+    kind = "curvature"
+
     def to_xarray(self) -> xr.DataTree:
-        """An ``xr.DataTree`` with one child per quantity (each its representation's export)."""
-        nodes: dict[str, Any] = {"/": xr.Dataset(attrs={k: v for k, v in self.attrs.items() if v is not None})}
+        """An ``xr.DataTree`` with one child per quantity (each its representation's export).
+
+        The root's attrs hold the provenance, ``curvlab_kind = "curvature"`` and the partition (JSON).
+        """
+        attrs = {k: v for k, v in self.attrs.items() if v is not None}
+        attrs.update(curvlab_kind=self.kind, partition=self.partition.to_json(), quantities=",".join(self._reps))
+        nodes: dict[str, Any] = {"/": xr.Dataset(attrs=attrs)}
         for name, rep in self._reps.items():
             nodes[name] = rep.to_xarray()
         return xr.DataTree.from_dict(nodes)
+
+    @classmethod
+    def from_xarray(cls, tree: xr.DataTree) -> Curvature:
+        """Rebuild a :class:`Curvature` written by :meth:`to_xarray` (each child by its ``curvlab_kind``)."""
+        from curvlab.io import KINDS  # noqa: PLC0415  (a foundation module; imported on use)
+
+        attrs = dict(tree.attrs)
+        if attrs.pop("curvlab_kind", None) != cls.kind:
+            raise ValueError("not a curvlab Curvature export (root attribute curvlab_kind != 'curvature')")
+        partition = Partition.from_json(attrs.pop("partition"))
+        names = [n for n in attrs.pop("quantities").split(",") if n]
+        reps = {}
+        for name in names:
+            child = tree[name]
+            node = child if child.children else child.to_dataset()
+            module, _, qualname = KINDS[child.attrs["curvlab_kind"]].partition(":")
+            reps[name] = getattr(importlib.import_module(module), qualname).from_xarray(node)
+        return cls(reps, partition, attrs)
 
     def __repr__(self) -> str:
         return f"Curvature({', '.join(f'{k}: {type(v).__name__}' for k, v in self._reps.items())})"
@@ -139,7 +166,6 @@ def assemble(
     """Build the representations of ``quantities`` from combined, scaled statistics."""
     layer_part = model_partition(model, "layer")
     user_part = model_partition(model, partition)
-    layers = layer_part.group_names
     modules = dict(model.named_modules())
     reps: dict[str, CurvatureRepresentation] = {}
     common = {"attrs": attrs}
@@ -152,14 +178,14 @@ def assemble(
 
 
 def _representation(q: Quantity, stats, layer_part, user_part, modules, common) -> CurvatureRepresentation:
-    name, layers = q.value, layer_part.group_names
+    name = q.value
     if q is Quantity.HESSIAN:
         return DenseCurvature(stats.sums[("hessian", "", "full")], user_part, quantity=name, **common)
     if q.form is Form.BLOCK:
-        blocks = _layer_tensors(stats, name, "block", layers)
+        blocks = _layer_tensors(stats, name, "block", layer_part.group_names)
         return BlockDiagonalCurvature(blocks, layer_part, quantity=name, **common)
     if q.form is Form.DIAG:
-        diag = torch.cat([stats.sums[(name, layer, "diag")] for layer in layers])
+        diag = torch.cat([stats.sums[(name, layer, "diag")] for layer in layer_part.group_names])
         return DiagonalCurvature(diag, user_part, quantity=name, **common)
     if q.form is Form.FULL:
         return SquareRootCurvature(stats.rows[(name, "", "rows")], user_part, quantity=name, **common)

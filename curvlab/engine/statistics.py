@@ -15,6 +15,7 @@ Propagation stops at the first layer with parameters: nothing below it is needed
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -58,7 +59,7 @@ class BatchStatistics:
     Attributes:
         sums: additive statistics (blocks, diagonals, G factors, EKFAC scalings), keyed (quantity, layer, part).
         inputs: Kronecker input factors Σ_n x̃_n x̃_nᵀ per layer (divided by the sample count at the end).
-        rows: rows of full square-root factors per (quantity, layer, "rows"), [N·K, P_layer].
+        rows: the full square-root factor of a quantity, key (quantity, "", "rows"), [N·K, P].
         normalizer: Z of this batch; ``count``: N.
     """
 
@@ -69,17 +70,22 @@ class BatchStatistics:
     rows: dict[Key, torch.Tensor] = field(default_factory=dict)
 
 
+def has_trainable(record: Record) -> bool:
+    """Whether a record is a layer with trainable parameters (frozen layers only pass factors on)."""
+    return record.rule.has_parameters and bool(record.rule.trainable(record.module))
+
+
 def uses_kronecker(rule: ParameterRule, record: Record) -> bool:
     """Whether a layer gets Kronecker factors (otherwise its exact dense block)."""
     return rule.has_kronecker and rule.kronecker_supported(record.module)
 
 
 def _propagate(records: Sequence[Record], start: torch.Tensor, step: Callable, visit: Callable) -> None:
-    first = next(i for i, r in enumerate(records) if r.rule.has_parameters)
+    first = next(i for i, r in enumerate(records) if has_trainable(r))
     value = start
     for i in range(len(records) - 1, first - 1, -1):
         record = records[i]
-        if record.rule.has_parameters:
+        if has_trainable(record):
             visit(record, value)
         if i > first:
             value = step(record, value)
@@ -116,11 +122,11 @@ def batch_statistics(
     kronecker = [q for q in quantities if q.form in (Form.KRONECKER, Form.EKFAC)]
     if kronecker:
         for record in records:
-            if record.rule.has_parameters and uses_kronecker(record.rule, record):
+            if has_trainable(record) and uses_kronecker(record.rule, record):
                 stats.inputs[record.name] = record.rule.kron_input(record)[0]
     if Source.KFRA in by_source:
         _kfra(records, outputs, adapter, stats)
-        fallback = [r for r in records if r.rule.has_parameters and not uses_kronecker(r.rule, r)]
+        fallback = [r for r in records if has_trainable(r) and not uses_kronecker(r.rule, r)]
         if fallback:  # layers without Kronecker rule get the exact GGN block
             by_source.setdefault(Source.GGN, [])
     for source, qs in by_source.items():
@@ -129,7 +135,7 @@ def batch_statistics(
         elif source is Source.EMPIRICAL:
             full = _full_buffers(qs, outputs, 1, layout, stats)
             for record in records:
-                if record.rule.has_parameters:
+                if has_trainable(record):
                     _visit_factor(record, record.grad.unsqueeze(1), qs, config, stats, full, layout)
         elif source in (Source.GGN, Source.MC):
             start = _output_factor(source, adapter, outputs, config)
@@ -137,9 +143,15 @@ def batch_statistics(
             extra = [Quantity.KFRA] if source is Source.GGN and Source.KFRA in by_source else []
             _propagate(
                 records, start, lambda r, v: r.rule.backprop(r, v),
-                lambda r, v: _visit_factor(r, v, qs + extra, config, stats, full, layout),
+                functools.partial(_visit_factor, quantities=qs + extra, config=config, stats=stats, full=full,
+                                  layout=layout),
             )
     return stats
+
+
+def _check_block(record: Record, dtype: torch.dtype, quantity: str) -> None:
+    size = sum(getattr(record.module, n).numel() for n in record.rule.trainable(record.module))
+    check_dense_allocation((size, size), dtype, f"{quantity} block of layer {record.name!r}")
 
 
 def _full_buffers(quantities, outputs, columns: int, layout, stats: BatchStatistics) -> dict[str, torch.Tensor]:
@@ -149,7 +161,7 @@ def _full_buffers(quantities, outputs, columns: int, layout, stats: BatchStatist
     for q in quantities:
         if q.form is Form.FULL:
             check_dense_allocation((outputs.shape[0] * columns, num_params), outputs.dtype, f"{q.value} factor")
-            buffer = outputs.new_zeros(outputs.shape[0], columns, num_params)
+            buffer = outputs.new_empty(outputs.shape[0], columns, num_params)  # every column is written
             stats.rows[(q.value, "", "rows")] = buffer.view(-1, num_params)
             buffers[q.value] = buffer
     return buffers
@@ -160,6 +172,8 @@ def _visit_factor(record: Record, factor, quantities, config: EngineConfig, stat
     rule, layer = record.rule, record.name
     for q in quantities:
         name = q.value
+        if q.form is Form.BLOCK or (q.form is not Form.FULL and not uses_kronecker(rule, record)):
+            _check_block(record, factor.dtype, name)
         if q.form is Form.BLOCK:
             stats.sums[(name, layer, "block")] = rule.block(record, factor)
         elif q.form is Form.DIAG:
@@ -188,6 +202,7 @@ def _hessian(records, outputs, adapter: LossAdapter, quantities, stats: BatchSta
     def visit(record: Record, hessian: torch.Tensor) -> None:
         for q in quantities:
             if q.form is Form.BLOCK:
+                _check_block(record, hessian.dtype, q.value)
                 stats.sums[(q.value, record.name, "block")] = record.rule.hessian_block(record, hessian)
             else:
                 stats.sums[(q.value, record.name, "diag")] = record.rule.diag_hessian(record, hessian)
@@ -216,12 +231,12 @@ def _diag_hessian(records, outputs, adapter: LossAdapter, stats: BatchStatistics
     Cost: O(N · K · D) per module for the GGN part, plus O(N · D_m · D) per module below the residual of
     layer m once it has become a factor (Botev's recursion costs O(N · D³) per layer).
     """
-    first = next(i for i, r in enumerate(records) if r.rule.has_parameters)
+    first = next(i for i, r in enumerate(records) if has_trainable(r))
     terms: list[tuple[torch.Tensor, torch.Tensor | None]] = [(_output_factor(Source.GGN, adapter, outputs, None), None)]
     diagonal: torch.Tensor | None = None
     for i in range(len(records) - 1, first - 1, -1):
         record, rule = records[i], records[i].rule
-        if rule.has_parameters:
+        if has_trainable(record):
             total = sum(rule.signed_diag(record, v, w) for v, w in terms)
             if diagonal is not None:
                 total = total + rule.diag_from_diagonal(record, diagonal)

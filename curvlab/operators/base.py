@@ -33,13 +33,14 @@ from curvlab.repr.base import CurvatureRepresentation
 __all__ = ["CurvatureOperator", "RestrictedOperator"]
 
 _CHUNK = 256  # identity columns per batch in dense()/diagonal()/block()
+_BLOCK = 32  # columns per vectorised product (bounds the memory of vmap'ed products)
 
 
 class CurvatureOperator(CurvatureRepresentation):
     """A symmetric [P, P] curvature matrix available through products only (``kind = "operator"``).
 
     Subclasses implement ``_apply(v)`` for a single v of shape [P] (reference ordering) and may
-    override ``_matvec`` to treat [P, K] at once.
+    override ``_apply_block(V)`` to treat V of shape [P, K] at once (K ≤ 32 columns per call).
 
     Args:
         partition: groups labelling rows and columns (used by :meth:`restrict`).
@@ -77,12 +78,18 @@ class CurvatureOperator(CurvatureRepresentation):
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _apply_block(self, v: torch.Tensor) -> torch.Tensor:
+        """C V for V of shape [P, K]; the default multiplies column by column."""
+        return torch.stack([self._apply(v[:, k]) for k in range(v.shape[1])], dim=1)
+
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
         if v.ndim == 1:
             return self._apply(v)
         if v.shape[1] == 0:
             return torch.zeros_like(v)
-        return torch.stack([self._apply(v[:, k]) for k in range(v.shape[1])], dim=1)
+        return torch.cat(
+            [self._apply_block(v[:, s : s + _BLOCK]) for s in range(0, v.shape[1], _BLOCK)], dim=1
+        )
 
     def _columns(self, cols: torch.Tensor):
         """Yield ``(positions, C[:, cols[positions]])`` in chunks of identity columns."""

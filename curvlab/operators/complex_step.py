@@ -9,10 +9,13 @@ Real and imaginary parts are separate floating-point numbers and the ε² terms 
 of the real parts, so there is no cancellation (unlike finite differences): the result agrees with
 double backward to about machine precision. Division by ε = 2⁻⁵⁰ only shifts the exponent.
 
-Implementation: the model runs on complex parameters θ + iεv (float64 → complex128) and complex inputs,
-the loss is evaluated with analytic formulas (log-sum-exp, softplus written with analytic pieces), and
-reverse-mode autograd of Re L gives conj(∇L(θ + iεv)) (PyTorch's convention for complex inputs), so
-H v = −Im(autograd) / ε. One product costs one complex forward and backward (about 4 real gradients).
+Implementation: the model runs on complex parameters θ + iεv (float64 → complex128) and complex inputs.
+Convolutions, average pooling and eval-mode batch norm are computed from real calls or explicit formulas
+(:mod:`curvlab.operators.complex_ops`; PyTorch's complex convolution cancels an imaginary part this
+small). The loss is evaluated with analytic formulas (log-sum-exp, softplus written with analytic
+pieces). Reverse-mode autograd of Re L gives conj(∇L(θ + iεv)) (PyTorch's convention for complex
+inputs), so H v = −Im(autograd) / ε. One product costs one complex forward and backward (about 4 real
+gradients in flops).
 
 Only analytic operations qualify: modules with kinks (ReLU, max-pooling, Hardtanh, ...), random ones
 (dropout in training), and normalisations that use |z|² are refused with
@@ -31,6 +34,7 @@ from curvlab.data import Data
 from curvlab.errors import UnsupportedLossError, UnsupportedModuleError
 from curvlab.losses import BCEWithLogitsAdapter, CrossEntropyAdapter, LossAdapter, MSEAdapter
 from curvlab.operators.cg import DEFAULT_CG, CGSettings
+from curvlab.operators.complex_ops import exact_complex_ops
 from curvlab.operators.model_operator import ModelCurvatureOperator
 from curvlab.partition import Partition, PartitionSpec
 
@@ -78,8 +82,6 @@ _REFUSED: tuple[tuple[tuple[type, ...], str], ...] = (
             nn.GELU,
             nn.Softplus,
             nn.Mish,
-            nn.modules.pooling._AvgPoolNd,
-            nn.modules.pooling._AdaptiveAvgPoolNd,
         ),
         "analytic, but PyTorch has no complex kernel for it",
     ),
@@ -90,8 +92,12 @@ def _refusal(module: nn.Module) -> str | None:
     for types, reason in _REFUSED:
         if isinstance(module, types):
             return reason
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-        return "batch statistics in training mode use |z|²; call model.eval()"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+        module.training or not module.track_running_stats
+    ):
+        return (
+            "batch statistics use |z|² for complex values; call model.eval() (running statistics)"
+        )
     if isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0:
         return "random in training mode; call model.eval()"
     return None
@@ -229,7 +235,7 @@ class ComplexStepHessianOperator(ModelCurvatureOperator):
                     for p, u in zip(self.params, vs, strict=False)
                 )
                 inputs = x.to(self._complex_dtype) if x.is_floating_point() else x
-                with _module_tracker(self.model) as running:
+                with _module_tracker(self.model) as running, exact_complex_ops():
                     try:
                         outputs = self.forward(zs, inputs)
                     except (RuntimeError, NotImplementedError, TypeError) as err:

@@ -143,5 +143,14 @@ class EmpiricalFisherOperator(OutputSandwichOperator):
             total += (self.weights[b] / self.normalizers[b]) * (g.T @ (g @ v))
         return total
 
+    def _diagonal(self) -> torch.Tensor:
+        """Σ_b (w_b/Z_b) Σ_n g_n ⊙ g_n from the cached per-sample gradients (else P products)."""
+        if self.per_sample_gradients is None:
+            return super()._diagonal()
+        return sum(
+            (self.weights[b] / self.normalizers[b]) * g.square().sum(0)
+            for b, g in enumerate(self.per_sample_gradients)
+        )
+
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
         return self._matvec(v) if self.per_sample_gradients is not None else super()._apply(v)

@@ -16,7 +16,7 @@ import enum
 
 import torch
 from torch import nn
-from torch.func import grad, jvp
+from torch.func import grad, jvp, vmap
 
 from curvlab.data import Data
 from curvlab.losses import LossAdapter
@@ -96,6 +96,27 @@ class HessianOperator(ModelCurvatureOperator):
             total = part if total is None else total.add_(part)  # no extra pass for a single batch
         return total
 
+    def _apply_block(self, v: torch.Tensor) -> torch.Tensor:
+        """K columns at once (batched backward / ``vmap``); falls back to a loop if unsupported."""
+        if not self.__dict__.get("_vectorize", True):
+            return super()._apply_block(v)
+        vs = tuple(t.movedim(-1, 0) for t in self.unflatten(v))  # [K, *param shape]
+        try:
+            total = None
+            for b in range(len(self.batches)):
+                if self.method is HVPMethod.DOUBLE_BACKWARD:
+                    part = self._double_backward(b, vs, batched=True)
+                else:
+                    gradient = self._gradient_function(b)
+                    with quiet_forward_ad():
+                        hv = vmap(lambda *t, g=gradient: jvp(g, self.params, t)[1])(*vs)
+                    part = torch.cat([h.reshape(h.shape[0], -1) for h in hv], dim=1).T
+                total = part if total is None else total.add_(part)
+            return total
+        except (RuntimeError, NotImplementedError):
+            self._vectorize = False
+            return super()._apply_block(v)
+
     # ------------------------------------------------------------------ reverse over reverse
     def _gradient_graph(self, b: int):
         leaves = tuple(p.clone().requires_grad_() for p in self.params)
@@ -105,24 +126,32 @@ class HessianOperator(ModelCurvatureOperator):
             )
         return leaves, grads
 
-    def _double_backward(self, b: int, vs) -> torch.Tensor:
+    def _double_backward(self, b: int, vs, batched: bool = False) -> torch.Tensor:
+        """H v as the vjp of the gradient with cotangent v (H is symmetric); ``batched``: vs are [K, ...]."""
         if self.cache:
             if b not in self._cached:
                 self._cached[b] = self._gradient_graph(b)
             leaves, grads = self._cached[b]
         else:
             leaves, grads = self._gradient_graph(b)
+        pairs = [
+            (g, u) for g, u in zip(grads, vs, strict=True) if g is not None and g.requires_grad
+        ]
+        if not pairs:  # the gradient does not depend on θ: H = 0
+            shape = (self.shape[0], vs[0].shape[0]) if batched else (self.shape[0],)
+            return torch.zeros(shape, dtype=self.dtype, device=self.device)
         with torch.enable_grad():
-            dot = sum(
-                (g * u).sum()
-                for g, u in zip(grads, vs, strict=False)
-                if g is not None and g.requires_grad
-            )
-            if not isinstance(dot, torch.Tensor):  # the gradient does not depend on θ: H = 0
-                return torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
             hv = torch.autograd.grad(
-                dot, leaves, retain_graph=self.cache, allow_unused=True, materialize_grads=True
+                [g for g, _ in pairs],
+                leaves,
+                grad_outputs=[u for _, u in pairs],
+                retain_graph=self.cache,
+                allow_unused=True,
+                materialize_grads=True,
+                is_grads_batched=batched,
             )
+        if batched:
+            return torch.cat([h.reshape(h.shape[0], -1) for h in hv], dim=1).T
         return self.flatten(hv)
 
     # ------------------------------------------------------------------ forward over reverse

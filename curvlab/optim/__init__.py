@@ -6,9 +6,16 @@ Pure maths pieces (no state):
 * :mod:`~curvlab.optim.gauss_newton` – the Gauss–Newton quadratic model (GGN-vector products);
 * :mod:`~curvlab.optim.damping` – damping schedules and the trust-region ratio rule;
 * :mod:`~curvlab.optim.line_search` – backtracking Armijo line search;
+* :mod:`~curvlab.optim.step_scaling` – quadratic-model step rescaling and KL clipping;
+* :mod:`~curvlab.optim.hyperparameters` – validation (:class:`HyperparameterError` names the culprit);
+* :mod:`~curvlab.optim.linear_layers` – a hook context manager recording ``nn.Linear`` inputs/gradients;
 
 and thin :class:`torch.optim.Optimizer` wrappers, one per file, all built as ``(model, loss_fn,
-**hyperparameters)`` and stepped with ``step(inputs, targets) -> loss``:
+**hyperparameters)`` and stepped with ``step(inputs, targets) -> loss`` (the loss before the update).
+Each has one parameter group (so schedulers work), ``statistics()`` for tracking along a ``step``
+dimension, ``state_dict``/``load_state_dict`` that resume identically, and rejects a non-finite loss,
+gradient or step with the parameters untouched (raising its damping, or raising
+:class:`~curvlab.errors.NonFiniteError` if it has none):
 
 * :class:`SGN` – stochastic Gauss–Newton with CG (Gargiani et al. 2020);
 * :class:`NewtonSummary` – per-group learning rates from a GroupedNewton summary (Wolinski);
@@ -41,6 +48,12 @@ _PUBLIC = {
     "CenteredSGD": "curvlab.optim.centered_sgd",
     "SecondOrderAdaptive": "curvlab.optim.second_order_adaptive",
     "KFAC": "curvlab.optim.kfac",
+    "KroneckerCurvatureKind": "curvlab.optim.kfac",
+    "KroneckerDamping": "curvlab.optim.kfac",
+    "StepRescaling": "curvlab.optim.kfac",
+    "DirectionUpdater": "curvlab.optim.newton_summary",
+    "quadratic_step_scale": "curvlab.optim.step_scaling",
+    "kl_clip_scale": "curvlab.optim.step_scaling",
 }
 
 __all__ = sorted(_PUBLIC)

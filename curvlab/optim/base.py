@@ -122,7 +122,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         """``(loss, gradients)``; gradients shaped like the parameters (zeros where unused)."""
         loss = self._loss(inputs, targets)
         grads = torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
         return loss, grads
 
     @torch.no_grad()
@@ -149,7 +149,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         if not all_finite(updates):
             self._reject("step", loss)
             return False
-        for p, u in zip(self.params, updates):
+        for p, u in zip(self.params, updates, strict=True):
             p.add_(u)
         return True
 

@@ -59,7 +59,7 @@ class CenteredSGD(CurvatureOptimizer):
         loss = loss.detach()
         if not all_finite(loss):
             return self._reject("loss", loss)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
         if not all_finite(grads):
             return self._reject("gradient", loss)
         updates = [-group["lr"] * g for g in grads]

@@ -60,7 +60,7 @@ class GaussNewtonQuadratic:
         names = self._names
 
         def forward(*params: torch.Tensor) -> torch.Tensor:
-            state = {**frozen, **buffers, **dict(zip(names, params))}
+            state = {**frozen, **buffers, **dict(zip(names, params, strict=True))}
             return functional_call(model, state, (inputs,))
 
         self._forward = forward
@@ -84,7 +84,7 @@ class GaussNewtonQuadratic:
 
     def _unflat(self, vector: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out, start = [], 0
-        for shape, p in zip(self._shapes, self._params):
+        for shape, p in zip(self._shapes, self._params, strict=True):
             out.append(vector[start : start + p.numel()].reshape(shape))
             start += p.numel()
         return tuple(out)

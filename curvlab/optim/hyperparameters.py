@@ -67,7 +67,15 @@ def check_int(name: str, value: int, *, low: int = 1) -> int:
 
 
 def check_choice(name: str, value, enum_type: type[enum.Enum]) -> enum.Enum:
-    """Convert ``value`` (a member or its string value) to ``enum_type``, else raise naming ``name``."""
+    """Convert ``value`` (a member or its string value) to ``enum_type``, else raise naming ``name``.
+
+    Example:
+        >>> import enum
+        >>> class Mode(enum.Enum):
+        ...     FAST = "fast"
+        >>> check_choice("mode", "fast", Mode)
+        <Mode.FAST: 'fast'>
+    """
     if isinstance(value, enum_type):
         return value
     try:
@@ -78,7 +86,14 @@ def check_choice(name: str, value, enum_type: type[enum.Enum]) -> enum.Enum:
 
 
 def check_bool(name: str, value) -> bool:
-    """Return ``value`` if it is a ``bool``, else raise naming ``name``."""
+    """Return ``value`` if it is a ``bool``, else raise naming ``name``.
+
+    Example:
+        >>> check_bool("line_search", 1)
+        Traceback (most recent call last):
+        ...
+        curvlab.optim.hyperparameters.HyperparameterError: line_search must be True or False, got 1
+    """
     if not isinstance(value, bool):
         raise HyperparameterError(f"{name} must be True or False, got {value!r}")
     return value

@@ -11,7 +11,6 @@ layer outputs); every hook is removed on exit, also after an exception. For laye
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from curvlab.errors import NonFiniteError
 from curvlab.optim.base import CurvatureOptimizer, all_finite
 from curvlab.optim.damping import ReduceOnPlateau
 from curvlab.optim.hyperparameters import (
@@ -79,6 +80,15 @@ class NewtonSummary(CurvatureOptimizer):
     (the last summary; ``d3`` is NaN without the cubic term), ``recomputed`` (1.0 on recomputation
     steps), ``summary_found`` (0.0 when H̄ was singular or the cubic root was not found: η is then kept,
     or zero on the first solve), ``rejected``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+        >>> x = torch.randn(64, 2, dtype=torch.float64); y = x[:, :1] * x[:, 1:]
+        >>> opt = NewtonSummary(model, nn.MSELoss(), damping=0.3, partition="canonical", lambda_int=10.0)
+        >>> losses = [float(opt.step(x, y)) for _ in range(20)]
+        >>> losses[-1] < 0.6 * losses[0], opt.statistics()["lrs"].shape      # one learning rate per tensor
+        (True, torch.Size([4]))
     """
 
     has_damping = True
@@ -174,7 +184,11 @@ class NewtonSummary(CurvatureOptimizer):
                                   "order": 3 if group["lambda_int"] > 0 else 2, "method": self.summary_method}
         if self.curvature is not None:
             kwargs["curvature"] = self.curvature
-        summary = grouped_newton_summary(self.model, self.loss_fn, data, **kwargs)
+        try:
+            summary = grouped_newton_summary(self.model, self.loss_fn, data, **kwargs)
+        except NonFiniteError:  # the summary itself refuses NaN/inf: reject the step
+            nan = torch.full((self.partition.num_groups,), float("nan"), dtype=direction.dtype)
+            return {"gbar": nan, "hbar": torch.diag(nan), "d3": nan}, nan
         gbar, hbar, d3 = summary.gbar, summary.hbar, getattr(summary, "d3", None)
         stats = {
             "gbar": gbar.detach().clone(),

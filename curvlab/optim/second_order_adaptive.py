@@ -112,12 +112,12 @@ class SecondOrderAdaptive(CurvatureOptimizer):
             g_hat = (1 - r) * g_hat + r * gd
             eta = state["eta"] * (group["lr"] / state["lr"])  # follow a scheduler's change of lr
         v = eta * g_hat
-        differentiable = [(gr, vv) for gr, vv in zip(grads, self.partition_like(v)) if gr.requires_grad]
+        differentiable = [(gr, vv) for gr, vv in zip(grads, self.partition_like(v), strict=True) if gr.requires_grad]
         if differentiable:
-            outs, vecs = zip(*differentiable)
+            outs, vecs = zip(*differentiable, strict=True)
             hv = torch.autograd.grad(outs, self.params, grad_outputs=vecs, allow_unused=True)
             d = torch.cat([
-                torch.zeros_like(p).reshape(-1) if h is None else h.reshape(-1) for p, h in zip(self.params, hv)
+                torch.zeros_like(p).reshape(-1) if h is None else h.reshape(-1) for p, h in zip(self.params, hv, strict=True)
             ])
         else:  # the loss is linear in the parameters
             d = torch.zeros_like(v)

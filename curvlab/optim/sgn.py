@@ -35,7 +35,12 @@ from torch import nn
 
 from curvlab.optim.base import CurvatureOptimizer, all_finite
 from curvlab.optim.cg import conjugate_gradient
-from curvlab.optim.damping import DampingSchedule, reduction_ratio, scheduled_damping, trust_region_damping
+from curvlab.optim.damping import (
+    DampingSchedule,
+    reduction_ratio,
+    scheduled_damping,
+    trust_region_damping,
+)
 from curvlab.optim.gauss_newton import GaussNewtonQuadratic
 from curvlab.optim.hyperparameters import (
     HyperparameterError,
@@ -127,8 +132,11 @@ class SGN(CurvatureOptimizer):
             armijo_shrink=check_range("armijo_shrink", armijo_shrink, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False),
             armijo_tries=check_int("armijo_tries", armijo_tries),
         )
-        if defaults["damping_min"] > defaults["damping"]:
-            raise HyperparameterError(f"damping_min ({damping_min}) must not exceed damping ({damping})")
+        uses_minimum = defaults["trust_region"] or defaults["damping_schedule"] != DampingSchedule.CONSTANT.value
+        if uses_minimum and defaults["damping_min"] > defaults["damping"]:
+            raise HyperparameterError(
+                f"damping_min ({damping_min}) must not exceed damping ({damping}) with a trust region or a schedule"
+            )
         super().__init__(model, loss_fn, defaults)
 
     def _raise_damping(self) -> str:
@@ -202,7 +210,9 @@ class SGN(CurvatureOptimizer):
                 )
                 t, new_loss, tries = search.step, search.value, search.tries
             if not torch.isfinite(torch.tensor(new_loss)):
-                self._set_params(start, d, 0.0)
+                with torch.no_grad():
+                    for p, p0 in zip(self.params, start, strict=True):
+                        p.copy_(p0)
                 return self._reject("loss after the step", loss)
         if beta > 0:
             self.global_state["momentum_buffer"] = buf
@@ -220,7 +230,7 @@ class SGN(CurvatureOptimizer):
     @torch.no_grad()
     def _set_params(self, start: list[torch.Tensor], d: torch.Tensor, t: float) -> None:
         offset = 0
-        for p, p0 in zip(self.params, start):
+        for p, p0 in zip(self.params, start, strict=True):
             n = p.numel()
             p.copy_(p0 + t * d[offset : offset + n].view_as(p))
             offset += n

@@ -95,7 +95,9 @@ def per_sample_gradients(
     rows = []
     for inputs, batch_targets in batches:
         outputs = checked_outputs(flat, adapter, inputs, batch_targets, "per_sample_gradients")
-        rows.append(sample_gradients(flat, adapter, inputs, batch_targets, outputs, "per_sample_gradients"))
+        rows.append(
+            sample_gradients(flat, adapter, inputs, batch_targets, outputs, "per_sample_gradients")
+        )
     return check_finite(torch.cat(rows), "per_sample_gradients")
 
 
@@ -108,7 +110,9 @@ def sample_gradients(
     what: str,
 ) -> torch.Tensor:
     """[N, P] unscaled per-sample gradients of one checked batch (``outputs`` = the model's outputs)."""
-    check_dense_allocation((outputs.shape[0], flat.num_params), flat.dtype, f"{what}: per-sample gradients")
+    check_dense_allocation(
+        (outputs.shape[0], flat.num_params), flat.dtype, f"{what}: per-sample gradients"
+    )
     z_one = adapter.normalizer(outputs[:1])
 
     def sample_loss(theta, x, y):
@@ -137,7 +141,9 @@ def sample_jacobians(flat: FlatModel, inputs: torch.Tensor, what: str) -> torch.
     """[N, C, P] per-sample Jacobians of the flattened outputs, guarded against the memory budget."""
     with torch.no_grad():
         num_outputs = flat(flat.theta, inputs[:1]).numel()
-    check_dense_allocation((inputs.shape[0] * num_outputs, flat.num_params), flat.dtype, f"{what}: Jacobian")
+    check_dense_allocation(
+        (inputs.shape[0] * num_outputs, flat.num_params), flat.dtype, f"{what}: Jacobian"
+    )
 
     def sample_output(theta, x):
         return flat(theta, x.unsqueeze(0)).reshape(-1)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from curvlab.guards import check_dense_allocation
-from curvlab.reference.derivatives import per_sample_gradients, sample_gradients
+from curvlab.reference.derivatives import sample_gradients
 from curvlab.reference.functional import (
     BatchSum,
     checked_outputs,
@@ -33,6 +33,7 @@ def empirical_fisher(
     Example:
         >>> model, loss_fn = torch.nn.Linear(3, 2).double(), torch.nn.CrossEntropyLoss()
         >>> x, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+        >>> from curvlab.reference import per_sample_gradients
         >>> g = per_sample_gradients(model, loss_fn, x, y)  # [4, 8]
         >>> torch.allclose(empirical_fisher(model, loss_fn, x, y), g.T @ g / 4)
         True
@@ -46,4 +47,3 @@ def empirical_fisher(
         grads = sample_gradients(flat, adapter, inputs, batch_targets, outputs, "empirical_fisher")
         acc.add(symmetric_product(grads, grads), adapter.normalizer(outputs))
     return acc.result("empirical_fisher")
-

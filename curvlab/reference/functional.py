@@ -30,8 +30,13 @@ from curvlab.losses import LossAdapter, loss_adapter
 from curvlab.partition import trainable_parameters
 
 __all__ = [
-    "BatchSum", "FlatModel", "checked_outputs", "flat_parameters", "reference_batches",
-    "symmetric_product", "symmetrize_",
+    "BatchSum",
+    "FlatModel",
+    "checked_outputs",
+    "flat_parameters",
+    "reference_batches",
+    "symmetric_product",
+    "symmetrize_",
 ]
 
 
@@ -106,7 +111,7 @@ class FlatModel:
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{name: tensor}`` views of a flat [P] vector, shaped like the trainable parameters."""
         out, offset = {}, 0
-        for name, shape in zip(self.names, self.shapes):
+        for name, shape in zip(self.names, self.shapes, strict=True):
             size = shape.numel()
             out[name] = theta[offset : offset + size].view(shape)
             offset += size

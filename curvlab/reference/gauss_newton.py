@@ -93,12 +93,16 @@ def fisher(
     checked, not used. Equals :func:`ggn` for the supported losses.
 
     Example:
-        >>> model, loss_fn = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double(), torch.nn.BCEWithLogitsLoss()
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+        >>> loss_fn = nn.BCEWithLogitsLoss()
         >>> x, y = torch.randn(5, 3, dtype=torch.float64), torch.rand(5, 2, dtype=torch.float64).round()
         >>> torch.allclose(fisher(model, loss_fn, x, y), ggn(model, loss_fn, x, y))
         True
     """
-    return _jacobian_sandwich(model, loss_fn, data_or_inputs, targets, gradient_second_moment, "fisher")
+    return _jacobian_sandwich(
+        model, loss_fn, data_or_inputs, targets, gradient_second_moment, "fisher"
+    )
 
 
 def fisher_mc(
@@ -131,7 +135,9 @@ def fisher_mc(
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
         raise ValueError(f"mc_samples must be a positive int, got {mc_samples!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__qualname__}")
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__qualname__}"
+        )
 
     def sampled_moment(adapter: LossAdapter, outputs: torch.Tensor) -> torch.Tensor:
         sqrt = adapter.sqrt_hessian_mc(outputs, mc_samples, generator)  # [N, C, M]

@@ -71,7 +71,9 @@ def hessian(
         unscaled = torch.empty(num_params, num_params, dtype=flat.dtype, device=flat.theta.device)
         for start in range(0, num_params, chunk):
             stop = min(start + chunk, num_params)
-            basis = torch.zeros(stop - start, num_params, dtype=flat.dtype, device=flat.theta.device)
+            basis = torch.zeros(
+                stop - start, num_params, dtype=flat.dtype, device=flat.theta.device
+            )
             basis[torch.arange(stop - start), torch.arange(start, stop)] = 1
             unscaled[start:stop] = vmap(hvp)(basis)
         acc.add(unscaled, z)

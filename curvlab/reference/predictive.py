@@ -77,5 +77,7 @@ def gradient_second_moment(adapter: LossAdapter, outputs: torch.Tensor) -> torch
     """
     moment = _MOMENTS.get(type(adapter))
     if moment is None:
-        raise UnsupportedLossError(f"{adapter.name}: no closed-form predictive distribution is known")
+        raise UnsupportedLossError(
+            f"{adapter.name}: no closed-form predictive distribution is known"
+        )
     return moment(outputs.detach())

@@ -15,6 +15,7 @@ zero for every active group (e.g. x⁽²⁾ right after the first affine layer),
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from torch.func import jvp, vjp, vmap
 __all__ = [
     "AFFINE_LAYERS",
     "ELEMENTWISE_RULES",
+    "Elementwise",
     "affine_forward",
     "affine_linear_part",
     "affine_pullback",
@@ -38,7 +40,6 @@ __all__ = [
 #: Module types treated as affine stages z = A(x, W) + b (A bilinear in x and W).
 AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-Derivatives = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 #: Jets: the first K = 1 or 3 derivatives along the groups' paths, each [A, *x.shape] or None (zero).
 Jets = list[torch.Tensor | None]
 
@@ -75,43 +76,54 @@ def affine_pullback(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, co
 
 
 # ------------------------------------------------------------------------------ elementwise activations
-def _tanh(x: torch.Tensor, need: int) -> tuple[torch.Tensor, Derivatives]:
+@dataclass(frozen=True)
+class Elementwise:
+    """σ', σ'', σ''' of an elementwise stage at its input (``None``: zero or not needed), and
+    ``curvature``: given λσ' it returns (w, c) with λσ'' = c·w, so that the adjoint pass gets the
+    second-order term Σ c w ẋ^s ẋ^t from the product λσ' it needs anyway (no σ'' tensor)."""
+
+    d1: torch.Tensor | None
+    d2: torch.Tensor | None = None
+    d3: torch.Tensor | None = None
+    curvature: Callable[[torch.Tensor], tuple[torch.Tensor, float]] | None = None
+
+
+def _tanh(x: torch.Tensor, need: int) -> tuple[torch.Tensor, Elementwise]:
     y = torch.tanh(x)
     if need == 0:
-        return y, (None, None, None)
-    d1 = 1 - y * y
-    d2 = -2 * y * d1 if need >= 2 else None
+        return y, Elementwise(None)
+    d1 = torch.addcmul(y.new_ones(()), y, y, value=-1)  # 1 − y²
+    d2 = -2 * y * d1 if need >= 3 else None
     d3 = -2 * (d1 * d1 + y * d2) if need >= 3 else None
-    return y, (d1, d2, d3)
+    return y, Elementwise(d1, d2, d3, lambda ld1: (ld1 * y, -2.0))  # σ'' = −2 y σ'
 
 
-def _sigmoid(x: torch.Tensor, need: int) -> tuple[torch.Tensor, Derivatives]:
+def _sigmoid(x: torch.Tensor, need: int) -> tuple[torch.Tensor, Elementwise]:
     y = torch.sigmoid(x)
     if need == 0:
-        return y, (None, None, None)
-    d1 = y * (1 - y)
-    d2 = d1 * (1 - 2 * y) if need >= 2 else None
+        return y, Elementwise(None)
+    d1 = torch.addcmul(y, y, y, value=-1)  # y − y²
+    d2 = d1 * (1 - 2 * y) if need >= 3 else None
     d3 = d2 * (1 - 2 * y) - 2 * d1 * d1 if need >= 3 else None
-    return y, (d1, d2, d3)
+    return y, Elementwise(d1, d2, d3, lambda ld1: (torch.addcmul(ld1, ld1, y, value=-2), 1.0))
 
 
-def _relu(x: torch.Tensor, need: int) -> tuple[torch.Tensor, Derivatives]:
-    y = torch.relu(x)
-    return y, ((x > 0).to(x.dtype) if need else None, None, None)  # σ' as autograd's (0 at 0)
+def _relu(x: torch.Tensor, need: int) -> tuple[torch.Tensor, Elementwise]:
+    return torch.relu(x), Elementwise((x > 0).to(x.dtype) if need else None)  # σ' as autograd's
 
 
-#: Closed-form rules ``(x, need) -> (σ(x), (σ', σ'', σ'''))``, ``need`` the highest order wanted;
-#: ``None`` stands for a derivative that is zero or not needed. Exact module types only.
-ELEMENTWISE_RULES: dict[type, Callable[[torch.Tensor, int], tuple[torch.Tensor, Derivatives]]] = {
+#: Closed-form rules ``(x, need) -> (σ(x), Elementwise)``, ``need`` the highest derivative order
+#: wanted (0: none, 1: σ', 2: also the curvature factor, 3: σ'' and σ'''). Exact module types only.
+ELEMENTWISE_RULES: dict[type, Callable[[torch.Tensor, int], tuple[torch.Tensor, Elementwise]]] = {
     nn.Tanh: _tanh,
     nn.Sigmoid: _sigmoid,
     nn.ReLU: _relu,
 }
 
 
-def elementwise_push(jets: Jets, d: Derivatives) -> Jets:
+def elementwise_push(jets: Jets, d: Elementwise) -> Jets:
     """Jets through y = σ(x) given σ', σ'', σ''' at x (chain rule; Faà di Bruno for three orders)."""
-    d1, d2, d3 = d
+    d1, d2, d3 = d.d1, d.d2, d.d3
     j1 = jets[0]
     if len(jets) == 1:
         return [j1 * d1]

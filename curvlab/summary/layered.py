@@ -88,7 +88,7 @@ class _Record:
     x: torch.Tensor  # stage input
     first: torch.Tensor | None  # first-order input tangents [A, *x.shape] (None: no active group yet)
     groups: list[int]  # the active groups, in the order of ``first``
-    derivs: rules.Derivatives | None = None  # first three derivatives of an elementwise stage
+    derivs: rules.Elementwise | None = None  # derivatives of an elementwise stage
 
 
 def layered_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: torch.Tensor) -> BatchTerms:
@@ -169,16 +169,19 @@ def _affine_stage(problem, stage, x, jets, groups, orders):
     groups.extend(fresh)
     out = []
     for j in range(orders):
-        parts = ([] if jets is None else [old[j]]) + [slot[j] for slot in fresh.values()]
-        if all(p is None for p in parts):
+        new = [slot[j] for slot in fresh.values()]
+        if jets is not None and not fresh:
+            out.append(old[j])
+        elif all(t is None for t in new) and (jets is None or old[j] is None):
             out.append(None)
-            continue
-        sizes = [len(before)] + [1] * len(fresh) if jets is not None else [1] * len(fresh)
-        filled = [
-            y.new_zeros(n, *y.shape) if p is None else (p if p.ndim > y.ndim else p.unsqueeze(0))
-            for p, n in zip(parts, sizes)
-        ]
-        out.append(filled[0] if len(filled) == 1 else torch.cat(filled))
+        else:
+            rows = [y.new_zeros(y.shape) if t is None else t.expand_as(y) for t in new]
+            if jets is not None:
+                rows = [y.new_zeros(len(before), *y.shape) if old[j] is None else old[j],
+                        torch.stack(rows)]
+                out.append(torch.cat(rows))
+            else:
+                out.append(torch.stack(rows))
     return y, out
 
 
@@ -205,11 +208,12 @@ def _adjoint_terms(problem, stages, records, lam, groups) -> torch.Tensor:
             if wanted:
                 weight = {r: problem.params[i] for r, i in stage.own}.get("weight", m.weight)
                 lam = rules.affine_pullback(m, record.x, weight, lam)
-        elif record.derivs is not None:  # elementwise: the second derivative times λ, on ẋ^s ẋ^t
-            d1, d2, _ = record.derivs
-            if d2 is not None:
-                total[rows[:, None], rows[None, :]] += (flat * (lam * d2).flatten()) @ flat.T
-            lam = lam * d1 if wanted else lam
+        elif record.derivs is not None:  # elementwise: Σ λσ'' ẋ^s ẋ^t, and λ σ'
+            lam_d1 = lam * record.derivs.d1
+            if record.derivs.curvature is not None:
+                w, c = record.derivs.curvature(lam_d1)
+                total[rows[:, None], rows[None, :]] += c * ((flat * w.flatten()) @ flat.T)
+            lam = lam_d1
         else:
             lam_in, second = rules.generic_pullback(m, record.x, record.first, lam)
             total[rows[:, None], rows[None, :]] += second.flatten(1) @ flat.T

@@ -107,7 +107,7 @@ def test_cached_metrics_equal_the_standalone_functions(setting):
     ds = compare(e, {"a": a}, g, partition=layer, dampings=[0.05, 2.0], k=2)
     _, expected = matrix_quality(e, a, layer, k=2)
     assert np.allclose(ds.matrix_quality.sel(approximation="a").values, expected, rtol=1e-10)
-    for block, idx in zip(["0", "2"], [grp.indices for grp in layer.groups]):
+    for block, idx in zip(["0", "2"], [grp.indices for grp in layer.groups], strict=True):
         eb, ab, gb = e[idx][:, idx], a[idx][:, idx], g[idx]
         q = step_quality(eb, damped_steps(ab, gb, [0.05, 2.0]), gb, [0.05, 2.0])
         got = ds.step_quality.sel(approximation="a", block=block).values

@@ -5,14 +5,19 @@ import math
 import pytest
 import torch
 
-from curvlab.analysis.interactions import block_norms, interaction_strength, normalized_summary, summary_matrix
+from curvlab.analysis.interactions import (
+    block_norms,
+    interaction_strength,
+    normalized_summary,
+    summary_matrix,
+)
 from curvlab.partition import Partition
 
 
 def constructed():
     # groups of sizes 2, 1, 3 with diagonal blocks c·I and chosen off-diagonal blocks
     sizes, scales = [2, 1, 3], [1.0, 4.0, 2.0]
-    m = torch.block_diag(*[s * torch.eye(n, dtype=torch.float64) for s, n in zip(scales, sizes)])
+    m = torch.block_diag(*[s * torch.eye(n, dtype=torch.float64) for s, n in zip(scales, sizes, strict=True)])
     m[0:2, 2] = m[2, 0:2] = torch.tensor([3.0, 4.0], dtype=torch.float64)  # ‖M_01‖ = 5
     blocks = [torch.arange(0, 2), torch.arange(2, 3), torch.arange(3, 6)]
     return m, blocks

@@ -6,7 +6,6 @@ import torch
 import xarray as xr
 
 from curvlab.analysis import netcdf
-
 from curvlab.analysis.tracking import Tracker
 
 

@@ -38,7 +38,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "engine.json"
     proc = subprocess.run(
         [sys.executable, str(BENCH / "engine.py"), "--quick", "--repeats", "1", "--warmup", "0",
-         "--json", str(out)],
+         "--no-isolate", "--json", str(out)],  # forked cells are tested below: in-process is 3× faster here
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -162,3 +162,26 @@ def test_cell_time_limit_interrupts_and_is_removed():
     with _time_limit(5):  # finishes in time: no exception, timer cleared
         pass
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_isolated_cells_report_partial_results_and_are_killed_on_timeout():
+    import os
+    import signal
+
+    from engine import _isolated
+
+    assert _isolated(lambda send: {"status": "ok", "x": 1}, timeout=30) == [{"status": "ok", "x": 1}]
+
+    def slow(send):
+        send({"status": "ok", "from_profiled_run": True})
+        time.sleep(30)
+        return {"status": "ok"}
+
+    start = time.perf_counter()
+    assert _isolated(slow, timeout=0.5) == [{"status": "ok", "from_profiled_run": True}, {"status": "timeout"}]
+    assert time.perf_counter() - start < 10
+
+    def crash(send):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    assert _isolated(crash, timeout=30) == [{"status": "killed by signal 9"}]

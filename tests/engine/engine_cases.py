@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tests.cases import SEQUENTIAL_CASES, Case, _classification, _regression, mlp
+from tests.cases import SEQUENTIAL_CASES, Case, _classification, _regression
 
 
 def _eval(build):

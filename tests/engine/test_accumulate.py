@@ -62,6 +62,8 @@ def _worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_on_all_data(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     model, loss_fn, x, y = CASES["mlp-sigmoid-ce"].build(batch_size=8)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from curvlab import reference
 from curvlab.engine import compute
+from tests.cases import Case, _binary
 from tests.engine.engine_cases import ENGINE_CASES, layer_mask
 
 EXACT = [
@@ -65,3 +67,29 @@ def test_partition_labels_diagonal_and_square_root():
     assert result["ggn_block"].partition.kind == "layer"
     full = reference.ggn(model, loss_fn, x, y)
     assert torch.allclose(result["ggn"].block("2.weight", "0.bias"), full[25:40][:, 20:25])
+
+
+DEEP_TANH = Case("mlp-3-hidden-mixed-bce", lambda: nn.Sequential(
+    nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 4), nn.ELU(), nn.Linear(4, 2)),
+    nn.BCEWithLogitsLoss, _binary((3,), 2))
+
+
+@pytest.mark.parametrize("case", [*ENGINE_CASES, DEEP_TANH], ids=lambda c: c.name)
+def test_diag_hessian_alone_uses_the_factored_route(case):
+    """Without ``hessian_block`` the diagonal comes from weighted factors, not per-sample Hessians."""
+    model, loss_fn, x, y = case.build(batch_size=3)
+    got = compute(model, loss_fn, (x, y), "diag_hessian", progress=False)["diag_hessian"].diagonal()
+    want = reference.hessian(model, loss_fn, x, y).diagonal()
+    assert torch.allclose(got, want, atol=1e-10 * want.abs().max(), rtol=1e-9)
+
+
+def test_frozen_parameters_are_constants():
+    model, loss_fn, x, y = ENGINE_CASES[0].build()
+    model[0].bias.requires_grad_(False)
+    model[2].requires_grad_(False)
+    result = compute(model, loss_fn, (x, y), ["ggn", "diag_hessian", "kflr", "ggn_block"], progress=False)
+    ggn = reference.ggn(model, loss_fn, x, y)
+    assert torch.allclose(result["ggn"].dense(), ggn)
+    assert torch.allclose(result["diag_hessian"].diagonal(), reference.hessian(model, loss_fn, x, y).diagonal())
+    assert torch.allclose(result["ggn_block"].dense(), ggn)  # a single trainable layer
+    assert result["kflr"].layers["0"].A.shape == (4, 4)  # no bias column

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+import curvlab
+
 from curvlab import reference
 from curvlab.engine import CurvatureHooks, compute
 from curvlab.errors import NonFiniteError, UnsupportedLossError, UnsupportedModuleError
@@ -71,7 +73,7 @@ def test_ekfac_hooks_need_a_basis():
         (nn.Sequential(nn.Linear(2, 2), nn.ReLU(inplace=True)), r"'1' \(ReLU\) is in-place"),
         (nn.Sequential(nn.Conv2d(1, 1, 2, groups=1, padding_mode="circular")), r"'0' \(Conv2d\).*circular"),
         (nn.Linear(2, 2), "wrap it in nn.Sequential"),
-        (CASES[-1].model(), r"the model \(Residual\) is a container with its own forward"),
+        (CASES[-1].model(), r"Residual is not a chain of modules: node 'add'"),
     ],
     ids=["lstm", "bn-train", "dropout-train", "inplace", "circular", "bare", "residual"],
 )
@@ -106,4 +108,39 @@ def test_bad_losses_quantities_and_values():
         compute(model, loss_fn, (bad, y), "diag_ggn", progress=False)
     with pytest.raises(ValueError, match="mc_samples"):
         compute(model, loss_fn, (x, y), "kfac", mc_samples=0, progress=False)
+    assert _hook_count(model) == 0
+
+
+class _ChainNet(nn.Module):
+    """A custom container whose forward is a chain: accepted through torch.fx."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 5), nn.Tanh())
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_custom_chain_models_go_through_fx():
+    torch.manual_seed(0)
+    model = _ChainNet().double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    loss_fn = nn.CrossEntropyLoss()
+    result = compute(model, loss_fn, (x, y), ["ggn", "diag_hessian"], progress=False)
+    assert torch.allclose(result["ggn"].dense(), reference.ggn(model, loss_fn, x, y))
+    assert torch.allclose(result["diag_hessian"].diagonal(), reference.hessian(model, loss_fn, x, y).diagonal())
+    assert _hook_count(model) == 0
+
+
+def test_blocks_and_factors_respect_the_memory_budget():
+    model, loss_fn, x, y = ENGINE_CASES[0].build()
+    with curvlab.memory_budget(100 * 8):  # 100 float64 numbers; the last layer's block has 18² (reached first)
+        with pytest.raises(curvlab.MemoryBudgetError, match=r"ggn_block block of layer '2': a dense \[18, 18\]"):
+            compute(model, loss_fn, (x, y), "ggn_block", progress=False)
+        with pytest.raises(curvlab.MemoryBudgetError, match="ggn factor"):
+            compute(model, loss_fn, (x, y), "ggn", progress=False)
+        small = compute(model, loss_fn, (x, y), "diag_ggn", progress=False)  # O(P): fine
+    assert small["diag_ggn"].diagonal().shape == (43,)
     assert _hook_count(model) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from curvlab import reference
 from curvlab.engine import compute
@@ -64,3 +65,21 @@ def test_ekfac_never_farther_from_the_exact_ggn_than_kflr(case):
         assert err_ekfac <= err_kflr * (1 + 1e-9) + 1e-12, (group, err_ekfac, err_kflr)
     # the refitted eigenvalues are the exact GGN's Rayleigh quotients: same trace as the exact block
     assert torch.allclose(result["ekfac"].trace(), exact.trace())
+
+
+@pytest.mark.parametrize("case", ENGINE_CASES, ids=lambda c: c.name)
+def test_single_sample_regime_on_every_module_type(case):
+    """At N = 1: KFRA equals KFLR everywhere (its batch averages are exact), and Linear layers and the
+    dense blocks of layers without Kronecker rule (BatchNorm) equal the exact blocks of their source,
+    KFAC with the same MC draw as ``fisher_mc_block`` (both come from one draw per batch)."""
+    model, loss_fn, x, y = case.build(batch_size=1)
+    gen = torch.Generator().manual_seed(3)
+    result = compute(model, loss_fn, (x, y), ["kfra", "kflr", "ggn_block", "kfac", "fisher_mc_block"],
+                     mc_samples=3, generator=gen, progress=False)
+    assert torch.allclose(result["kfra"].dense(), result["kflr"].dense(), atol=1e-12)
+    modules = dict(model.named_modules())
+    for group in result["ggn_block"].partition.group_names:
+        if isinstance(modules[group], (nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)):
+            for approx, exact in (("kflr", "ggn_block"), ("kfac", "fisher_mc_block")):
+                want = result[exact].block(group, group)
+                assert torch.allclose(result[approx].block(group, group), want, atol=1e-12), (approx, group)

@@ -61,7 +61,9 @@ def test_loss_and_normalizer(loss_fn):
     outputs, targets = make_batch(loss_fn)
     adapter = loss_adapter(loss_fn)
     per_sample = adapter.per_sample_loss(outputs, targets)
-    expected = torch.stack([sample_loss(loss_fn, o, t) for o, t in zip(outputs, targets)])
+    expected = torch.stack(
+        [sample_loss(loss_fn, o, t) for o, t in zip(outputs, targets, strict=True)]
+    )
     torch.testing.assert_close(per_sample, expected)
     z = adapter.normalizer(outputs)
     assert z == expected_normalizer(loss_fn, outputs)
@@ -97,8 +99,10 @@ def test_multidimensional_outputs_are_flattened(factory):
             lambda f, n=n: sample_loss(loss_fn, f.view(2, 3), targets[n]), outputs[n].flatten()
         )
         torch.testing.assert_close(hessians[n], hess_n)
-    torch.testing.assert_close(adapter.per_sample_loss(outputs, targets).sum() / adapter.normalizer(outputs),
-                               loss_fn(outputs, targets))
+    torch.testing.assert_close(
+        adapter.per_sample_loss(outputs, targets).sum() / adapter.normalizer(outputs),
+        loss_fn(outputs, targets),
+    )
 
 
 def test_sqrt_hessian_squares_to_hessian(loss_fn):
@@ -146,7 +150,9 @@ def test_sampled_gradients_have_the_hessian_as_second_moment(loss_fn):
     samples = adapter.sample_targets(outputs, MC, torch.Generator().manual_seed(1))
     assert samples.shape == (MC, *targets.shape)
     assert samples.dtype == targets.dtype or not targets.is_floating_point()
-    grads = torch.stack([adapter.output_gradient(outputs, y) for y in samples[:2]])  # via the public path
+    grads = torch.stack(
+        [adapter.output_gradient(outputs, y) for y in samples[:2]]
+    )  # via the public path
     assert grads.shape == (2, N, C)
     sqrt = adapter.sqrt_hessian_mc(outputs, MC, torch.Generator().manual_seed(1))  # [N, C, M]
     assert sqrt.shape == (N, C, MC)
@@ -208,7 +214,7 @@ def test_combine_weight_recovers_the_loss_of_all_batches(factory):
     adapter = loss_adapter(loss_fn)
     parts = [(outputs[:2], targets[:2]), (outputs[2:], targets[2:])]
     weights = combine_weight([adapter.normalizer(o) for o, _ in parts], loss_fn.reduction)
-    combined = sum(w * loss_fn(o, t) for w, (o, t) in zip(weights, parts))
+    combined = sum(w * loss_fn(o, t) for w, (o, t) in zip(weights, parts, strict=True))
     torch.testing.assert_close(combined, loss_fn(outputs, targets))
 
 
@@ -240,17 +246,46 @@ def test_unsupported_losses_are_named(loss_fn, culprit):
     "loss_fn, outputs, targets, culprit",
     [
         (nn.CrossEntropyLoss(), torch.zeros(3, 2), torch.tensor([0, -100, 1]), "ignore_index=-100"),
-        (nn.CrossEntropyLoss(ignore_index=1), torch.zeros(3, 2), torch.tensor([0, 1, 0]), "ignore_index=1"),
+        (
+            nn.CrossEntropyLoss(ignore_index=1),
+            torch.zeros(3, 2),
+            torch.tensor([0, 1, 0]),
+            "ignore_index=1",
+        ),
         (nn.CrossEntropyLoss(), torch.zeros(3, 2), torch.full((3, 2), 0.5), "soft"),
-        (nn.CrossEntropyLoss(), torch.zeros(3, 2, 4), torch.zeros(3, 4, dtype=torch.long), r"\[N, C\] logits"),
-        (nn.CrossEntropyLoss(), torch.zeros(3, 2), torch.zeros(3, 1, dtype=torch.long), "class indices"),
-        (nn.CrossEntropyLoss(), torch.zeros(3, 2), torch.tensor([0, 2, 1]), r"in \[0, 2\), got 0..2"),
+        (
+            nn.CrossEntropyLoss(),
+            torch.zeros(3, 2, 4),
+            torch.zeros(3, 4, dtype=torch.long),
+            r"\[N, C\] logits",
+        ),
+        (
+            nn.CrossEntropyLoss(),
+            torch.zeros(3, 2),
+            torch.zeros(3, 1, dtype=torch.long),
+            "class indices",
+        ),
+        (
+            nn.CrossEntropyLoss(),
+            torch.zeros(3, 2),
+            torch.tensor([0, 2, 1]),
+            r"in \[0, 2\), got 0..2",
+        ),
         (nn.MSELoss(), torch.zeros(3, 2), torch.zeros(3, 1), "must match outputs"),
         (nn.BCEWithLogitsLoss(), torch.zeros(3, 2), torch.zeros(3), "must match outputs"),
         (nn.MSELoss(), torch.zeros(3), torch.zeros(3), "batch dimension"),
     ],
-    ids=["ignore_index-default", "ignore_index-custom", "soft-targets", "ce-3d", "ce-target-shape", "ce-class-range",
-         "mse-broadcast", "bce-shape", "no-batch-dim"],
+    ids=[
+        "ignore_index-default",
+        "ignore_index-custom",
+        "soft-targets",
+        "ce-3d",
+        "ce-target-shape",
+        "ce-class-range",
+        "mse-broadcast",
+        "bce-shape",
+        "no-batch-dim",
+    ],
 )
 def test_unsupported_targets_are_named(loss_fn, outputs, targets, culprit):
     adapter = loss_adapter(loss_fn)

@@ -13,7 +13,13 @@ from torch import nn
 from curvlab import reference
 from curvlab.errors import CurvlabError, CurvlabWarning, MemoryBudgetError
 from curvlab.guards import memory_budget
-from curvlab.operators import GGNOperator, HessianOperator, RestrictedOperator
+from curvlab.operators import (
+    ComplexStepHessianOperator,
+    EmpiricalFisherOperator,
+    GGNOperator,
+    HessianOperator,
+    RestrictedOperator,
+)
 from tests.cases import CASES
 
 
@@ -197,3 +203,46 @@ def test_export_over_budget_is_refused(hessian_case):
     op, _ = hessian_case
     with memory_budget(1000), pytest.raises(MemoryBudgetError, match="dense"):
         op.to_xarray()
+
+
+class _UnusedParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Linear(3, 2), nn.Linear(2, 2)
+
+    def forward(self, x):
+        return torch.tanh(self.used(x))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, l, d: HessianOperator(m, l, d),
+        lambda m, l, d: HessianOperator(m, l, d, method="forward_over_reverse"),
+        lambda m, l, d: GGNOperator(m, l, d),
+        lambda m, l, d: EmpiricalFisherOperator(m, l, d),
+        lambda m, l, d: ComplexStepHessianOperator(m, l, d),
+    ],
+    ids=["hessian-db", "hessian-for", "ggn", "empirical-fisher", "complex-step"],
+)
+def test_a_parameter_the_loss_ignores_has_zero_rows(make):
+    torch.manual_seed(0)
+    model = _UnusedParameter().double()
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    op = make(model, nn.MSELoss(), (x, y))
+    result = op @ torch.randn(op.shape[0], dtype=torch.float64)
+    assert result[8:].abs().max() == 0 and result[:8].abs().max() > 0
+
+
+@pytest.mark.parametrize("method", ["double_backward", "forward_over_reverse"])
+def test_vectorised_and_column_loop_products_agree(method):
+    model, loss_fn, x, y = CASES[5].build()  # residual-ce
+    v = torch.randn(sum(p.numel() for p in model.parameters()), 5, dtype=torch.float64)
+    for op in (
+        HessianOperator(model, loss_fn, (x, y), method=method),
+        GGNOperator(model, loss_fn, (x, y)),
+    ):
+        batched = op @ v
+        assert op.__dict__.get("_vectorize", True)  # vmap handled the model
+        op._vectorize = False
+        torch.testing.assert_close(op @ v, batched, rtol=1e-10, atol=1e-12)

@@ -91,3 +91,20 @@ def test_epsilon_must_be_positive():
     model, loss_fn, x, y = CASES[0].build()
     with pytest.raises(ValueError, match="epsilon"):
         ComplexStepHessianOperator(model, loss_fn, (x, y), epsilon=0.0)
+
+
+def test_convolutions_pooling_and_eval_batchnorm_are_exact():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Conv2d(3, 2, 2), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x, y = torch.randn(4, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (4,))
+    _check_against_double_backward(model, nn.CrossEntropyLoss(), (x, y))
+    model.train()
+    with pytest.raises(UnsupportedModuleError, match=r"'1' \(BatchNorm2d"):
+        check_analytic(model)

@@ -44,3 +44,12 @@ def test_auto_picks_per_sample_gradients_when_they_fit():
         op = EmpiricalFisherOperator(model, loss_fn, (x, y))
     assert op.strategy is EmpiricalFisherStrategy.JACOBIAN_PRODUCTS
     assert op.per_sample_gradients is None
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=[s.value for s in STRATEGIES])
+def test_diagonal(strategy):
+    model, loss_fn, x, y = CASES[2].build(batch_size=5)
+    data = [(x[:2], y[:2]), (x[2:], y[2:])]
+    op = EmpiricalFisherOperator(model, loss_fn, data, strategy=strategy)
+    expected = reference.empirical_fisher(model, loss_fn, data).diagonal()
+    torch.testing.assert_close(op.diagonal(), expected, rtol=1e-9, atol=1e-11)

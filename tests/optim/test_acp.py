@@ -26,7 +26,7 @@ def test_update_is_blockwise_inverse_of_damped_input_statistics(eps):
     loss = nn.MSELoss()(model(x), y)
     grads = torch.autograd.grad(loss, list(model.parameters()))
     expected = []
-    for (gw, gb), h in zip([grads[:2], grads[2:]], _layer_inputs(model, x)):
+    for (gw, gb), h in zip([grads[:2], grads[2:]], _layer_inputs(model, x), strict=True):
         ha = torch.cat([h.detach(), torch.ones(len(h), 1, dtype=h.dtype)], 1)
         a = ha.T @ ha / len(h)
         a[:-1, :-1] += eps / alpha * torch.eye(h.shape[1], dtype=h.dtype)
@@ -34,7 +34,7 @@ def test_update_is_blockwise_inverse_of_damped_input_statistics(eps):
         expected += [delta[:, :-1], delta[:, -1]]
     before = [p.detach().clone() for p in model.parameters()]
     ACP(model, nn.MSELoss(), lr=lr, alpha=alpha, eps=eps).step(x, y)
-    for p0, p, d in zip(before, model.parameters(), expected):
+    for p0, p, d in zip(before, model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.detach() - p0, d)
 
 

@@ -52,7 +52,7 @@ def test_state_dict_round_trip_resumes_identically(name):
     opt2.load_state_dict(saved_opt)
     for i in range(3, 6):
         opt2.step(*halves[i % 2])
-    for p, q in zip(expected, model2.parameters()):
+    for p, q in zip(expected, model2.parameters(), strict=True):
         torch.testing.assert_close(q.detach(), p, rtol=0, atol=0)
     assert opt2.statistics().keys() == opt.statistics().keys()
 
@@ -75,7 +75,7 @@ def test_nan_loss_leaves_parameters_untouched(name):
     else:
         with pytest.raises(NonFiniteError, match="not finite"):
             opt.step(x, bad)
-    for p, q in zip(before, model.parameters()):
+    for p, q in zip(before, model.parameters(), strict=True):
         assert torch.equal(p, q.detach())
     with warnings.catch_warnings():
         warnings.simplefilter("error", CurvlabWarning)
@@ -107,3 +107,16 @@ def test_step_needs_tensors(name):
     opt = OPTIMIZERS[name](model, loss_fn)
     with pytest.raises(TypeError, match="two tensors"):
         opt.step(x.tolist(), y)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_learning_rate_schedulers_drive_param_groups(name):
+    model, loss_fn, x, y = PROBLEMS["least-squares"](torch.float64)
+    opt = OPTIMIZERS[name](model, loss_fn)
+    lr0 = opt.param_groups[0]["lr"]
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    for _ in range(2):
+        opt.step(x, y)
+        scheduler.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr0 / 4)
+    assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == len(list(model.parameters()))

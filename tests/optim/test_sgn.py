@@ -24,7 +24,7 @@ def _least_squares_solution(x, y):
 @pytest.mark.parametrize("preconditioner", ["none", "ggn-diagonal"])
 def test_one_step_reaches_least_squares_solution(dtype, preconditioner):
     model, x, y = _linear_problem(dtype)
-    opt = SGN(model, nn.MSELoss(), cg_iters=10, cg_tol=0.0, damping=1e-10, damping_min=0.0,
+    opt = SGN(model, nn.MSELoss(), cg_iters=10, cg_tol=0.0, damping=1e-10,  # P = 10
               trust_region=False, line_search=False, preconditioner=preconditioner)
     opt.step(x, y)
     weight, bias = _least_squares_solution(x, y)
@@ -123,3 +123,17 @@ def test_bad_hyperparameters_are_named(kw, name):
     model, _, _ = _linear_problem(torch.float64)
     with pytest.raises(HyperparameterError, match=name):
         SGN(model, nn.MSELoss(), **kw)
+
+
+def test_non_finite_loss_after_the_step_restores_parameters_and_raises_damping():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    x = torch.linspace(-1, 1, 10, dtype=torch.float64)[:, None]
+    y = x.exp()
+    opt = SGN(model, nn.MSELoss(), trust_region=False, line_search=True, armijo_tries=1, lr=1e300)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(match="loss after the step is not finite"):
+        opt.step(x, y)
+    assert opt.statistics()["rejected"] == 1.0 and opt.param_groups[0]["damping"] == pytest.approx(1.5e-4)
+    for p, q in zip(before, model.parameters(), strict=True):
+        assert torch.equal(p, q.detach())

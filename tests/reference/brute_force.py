@@ -59,13 +59,15 @@ def ggn(model, loss_fn, inputs, targets) -> torch.Tensor:
     f = closure(model, inputs)
     outputs = f(theta_of(model)).detach()
     jac = autograd_jacobian(lambda t: f(t).flatten(), theta_of(model))  # [N·C, P]
-    out_hessian = autograd_hessian(lambda o: loss_fn(o.view_as(outputs), targets), outputs.flatten())
+    out_hessian = autograd_hessian(
+        lambda o: loss_fn(o.view_as(outputs), targets), outputs.flatten()
+    )
     return jac.T @ out_hessian @ jac
 
 
 def per_sample_gradients(model, loss_fn, inputs, targets) -> torch.Tensor:
     summed, rows = sample_loss_fn(loss_fn), []
-    for x, y in zip(inputs, targets):
+    for x, y in zip(inputs, targets, strict=True):
         model.zero_grad()
         summed(model(x.unsqueeze(0)), y.unsqueeze(0)).backward()
         rows.append(torch.cat([p.grad.flatten() for _, p in trainable(model)]))
@@ -96,7 +98,9 @@ def fisher_by_enumeration(model, loss_fn, inputs) -> torch.Tensor:
             outcomes = []
             for bits in itertools.product([0.0, 1.0], repeat=num_classes):
                 y = torch.tensor(bits, dtype=outputs.dtype)
-                outcomes.append(((s**y * (1 - s) ** (1 - y)).prod(), y.view_as(outputs[n]).unsqueeze(0)))
+                outcomes.append(
+                    ((s**y * (1 - s) ** (1 - y)).prod(), y.view_as(outputs[n]).unsqueeze(0))
+                )
         else:
             raise ValueError("the Gaussian predictive distribution cannot be enumerated")
         for prob, y in outcomes:

@@ -11,9 +11,13 @@ from tests.reference import brute_force
 
 def test_loss_and_gradient_match_autograd(case):
     model, loss_fn, x, y = case.build(5)
-    torch.testing.assert_close(reference.loss_value(model, loss_fn, x, y), loss_fn(model(x), y).detach())
+    torch.testing.assert_close(
+        reference.loss_value(model, loss_fn, x, y), loss_fn(model(x), y).detach()
+    )
     f = brute_force.closure(model, x)
-    expected = torch.autograd.functional.jacobian(lambda t: loss_fn(f(t), y), brute_force.theta_of(model))
+    expected = torch.autograd.functional.jacobian(
+        lambda t: loss_fn(f(t), y), brute_force.theta_of(model)
+    )
     torch.testing.assert_close(reference.gradient(model, loss_fn, x, y), expected)
 
 
@@ -35,7 +39,9 @@ def test_jacobian_matches_autograd(case):
     model, _, x, _ = case.build(4)
     jac = reference.jacobian(model, x)
     f = brute_force.closure(model, x)
-    expected = torch.autograd.functional.jacobian(lambda t: f(t).flatten(1), brute_force.theta_of(model))
+    expected = torch.autograd.functional.jacobian(
+        lambda t: f(t).flatten(1), brute_force.theta_of(model)
+    )
     torch.testing.assert_close(jac, expected)
 
 

@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from curvlab.errors import UnsupportedModuleError
-from curvlab.reference.functional import BatchSum, FlatModel, flat_parameters, symmetric_product, symmetrize_
+from curvlab.reference.functional import (
+    BatchSum,
+    FlatModel,
+    flat_parameters,
+    symmetric_product,
+    symmetrize_,
+)
 
 
 def test_flat_parameters_follow_the_reference_ordering_and_skip_frozen():

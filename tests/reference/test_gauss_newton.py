@@ -21,7 +21,9 @@ def test_ggn_matches_the_full_output_jacobian_sandwich(case):
 
 def test_fisher_equals_ggn(case):
     model, loss_fn, x, y = case.build(5)
-    torch.testing.assert_close(reference.fisher(model, loss_fn, x, y), reference.ggn(model, loss_fn, x, y))
+    torch.testing.assert_close(
+        reference.fisher(model, loss_fn, x, y), reference.ggn(model, loss_fn, x, y)
+    )
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if "mse" not in c.name], ids=lambda c: c.name)
@@ -37,8 +39,14 @@ def test_ggn_equals_hessian_for_a_linear_model(loss_fn):
     torch.manual_seed(0)
     model = nn.Linear(3, 4).double()
     x = torch.randn(6, 3, dtype=torch.float64)
-    y = torch.randn(6, 4, dtype=torch.float64) if isinstance(loss_fn, nn.MSELoss) else torch.randint(0, 4, (6,))
-    torch.testing.assert_close(reference.ggn(model, loss_fn, x, y), reference.hessian(model, loss_fn, x, y))
+    y = (
+        torch.randn(6, 4, dtype=torch.float64)
+        if isinstance(loss_fn, nn.MSELoss)
+        else torch.randint(0, 4, (6,))
+    )
+    torch.testing.assert_close(
+        reference.ggn(model, loss_fn, x, y), reference.hessian(model, loss_fn, x, y)
+    )
 
 
 def mc_standard_error(model, loss_fn, x, pilot: int, seed: int) -> torch.Tensor:
@@ -69,19 +77,27 @@ def test_fisher_mc_approaches_fisher(case: Case):
     spread = mc_standard_error(model, loss_fn, x, pilot=400, seed=11)
     errors = {}
     for samples in (100, 20_000):
-        estimate = reference.fisher_mc(model, loss_fn, x, y, samples, torch.Generator().manual_seed(samples))
+        estimate = reference.fisher_mc(
+            model, loss_fn, x, y, samples, torch.Generator().manual_seed(samples)
+        )
         assert torch.equal(estimate, estimate.T)
         error = (estimate - exact).abs()
         errors[samples] = error.max()
         if samples == 20_000:  # within 5 standard errors entrywise (pilot estimate of the spread)
-            assert (error <= 5 * spread / samples**0.5 + 1e-10).all(), (error / (spread / samples**0.5)).max()
+            assert (error <= 5 * spread / samples**0.5 + 1e-10).all(), (
+                error / (spread / samples**0.5)
+            ).max()
     assert errors[20_000] < errors[100] / 3
 
 
 def test_fisher_mc_is_reproducible_with_a_generator(case):
     model, loss_fn, x, y = case.build(3)
-    first = reference.fisher_mc(model, loss_fn, x, y, mc_samples=3, generator=torch.Generator().manual_seed(5))
-    again = reference.fisher_mc(model, loss_fn, x, y, mc_samples=3, generator=torch.Generator().manual_seed(5))
+    first = reference.fisher_mc(
+        model, loss_fn, x, y, mc_samples=3, generator=torch.Generator().manual_seed(5)
+    )
+    again = reference.fisher_mc(
+        model, loss_fn, x, y, mc_samples=3, generator=torch.Generator().manual_seed(5)
+    )
     torch.testing.assert_close(first, again)
 
 

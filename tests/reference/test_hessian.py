@@ -20,7 +20,8 @@ def test_hessian_matches_autograd(case):
 def test_chunk_size_does_not_change_the_result(case, chunk_size):
     model, loss_fn, x, y = case.build(4)
     torch.testing.assert_close(
-        reference.hessian(model, loss_fn, x, y, chunk_size=chunk_size), reference.hessian(model, loss_fn, x, y)
+        reference.hessian(model, loss_fn, x, y, chunk_size=chunk_size),
+        reference.hessian(model, loss_fn, x, y),
     )
 
 

@@ -18,7 +18,9 @@ from tests.cases import LOSSES
 def test_second_moment_equals_the_output_hessian(factory):
     adapter = loss_adapter(factory())
     outputs = 3 * torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(gradient_second_moment(adapter, outputs), adapter.output_hessian(outputs))
+    torch.testing.assert_close(
+        gradient_second_moment(adapter, outputs), adapter.output_hessian(outputs)
+    )
 
 
 def test_bernoulli_moment_by_enumerating_all_outcomes():
@@ -38,7 +40,9 @@ def test_gaussian_variance_makes_mse_a_negative_log_likelihood():
     f, y = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     gaussian = torch.distributions.Normal(f, MSE_PREDICTIVE_VARIANCE**0.5)
     nll = -gaussian.log_prob(y).sum()
-    constant = 1.5 * torch.log(torch.tensor(2 * torch.pi * MSE_PREDICTIVE_VARIANCE, dtype=torch.float64))
+    constant = 1.5 * torch.log(
+        torch.tensor(2 * torch.pi * MSE_PREDICTIVE_VARIANCE, dtype=torch.float64)
+    )
     torch.testing.assert_close(nll - constant, ((f - y) ** 2).sum())
 
 

@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from curvlab import reference
-from curvlab.errors import MemoryBudgetError, NonFiniteError, UnsupportedLossError, UnsupportedModuleError
+from curvlab.errors import (
+    MemoryBudgetError,
+    NonFiniteError,
+    UnsupportedLossError,
+    UnsupportedModuleError,
+)
 from curvlab.guards import memory_budget
 from tests.cases import CASES, mlp
 from tests.reference import brute_force
@@ -21,7 +26,9 @@ MATRICES = {
     "ggn": reference.ggn,
     "fisher": reference.fisher,
     "empirical_fisher": reference.empirical_fisher,
-    "fisher_mc": lambda *args: reference.fisher_mc(*args, mc_samples=4, generator=torch.Generator().manual_seed(0)),
+    "fisher_mc": lambda *args: reference.fisher_mc(
+        *args, mc_samples=4, generator=torch.Generator().manual_seed(0)
+    ),
 }
 PSD = ("ggn", "fisher", "empirical_fisher", "fisher_mc")
 
@@ -33,7 +40,9 @@ def test_batches_combine_exactly(case, name):
     model, loss_fn, x, y = case.build(8)
     whole = fn(model, loss_fn, x, y)
     torch.testing.assert_close(fn(model, loss_fn, (x, y)), whole)
-    if name == "fisher_mc":  # draws differ when split; check the combination on the exact Fisher only
+    if (
+        name == "fisher_mc"
+    ):  # draws differ when split; check the combination on the exact Fisher only
         return
     torch.testing.assert_close(fn(model, loss_fn, [(x[:3], y[:3]), (x[3:], y[3:])]), whole)
     torch.testing.assert_close(fn(model, loss_fn, iter([(x[:4], y[:4]), (x[4:], y[4:])])), whole)
@@ -77,7 +86,8 @@ def test_random_mlps(widths, activation, loss, batch, seed):
     torch.testing.assert_close(ggn, brute_force.ggn(model, loss_fn, x, y))
     torch.testing.assert_close(reference.fisher(model, loss_fn, x, y), ggn)
     torch.testing.assert_close(
-        reference.empirical_fisher(model, loss_fn, x, y), brute_force.empirical_fisher(model, loss_fn, x, y)
+        reference.empirical_fisher(model, loss_fn, x, y),
+        brute_force.empirical_fisher(model, loss_fn, x, y),
     )
 
 
@@ -101,19 +111,27 @@ def test_frozen_parameters_are_constants():
     model[0].weight.requires_grad_(False)
     kept = torch.arange(model[0].weight.numel(), full.shape[0])
     for name in ("hessian", "ggn"):
-        torch.testing.assert_close(MATRICES[name](model, loss_fn, x, y), full[kept][:, kept] if name == "hessian"
-                                   else brute_force.ggn(model, loss_fn, x, y))
+        torch.testing.assert_close(
+            MATRICES[name](model, loss_fn, x, y),
+            full[kept][:, kept] if name == "hessian" else brute_force.ggn(model, loss_fn, x, y),
+        )
 
 
 def test_batchnorm_and_dropout_in_eval_mode():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Dropout(0.5), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Dropout(0.5), nn.Linear(4, 2)
+    )
     model = model.double().eval()
     model[1].running_mean.normal_()
     x, y = torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,))
     loss_fn = nn.CrossEntropyLoss()
-    torch.testing.assert_close(reference.hessian(model, loss_fn, x, y), brute_force.hessian(model, loss_fn, x, y))
-    torch.testing.assert_close(reference.ggn(model, loss_fn, x, y), brute_force.ggn(model, loss_fn, x, y))
+    torch.testing.assert_close(
+        reference.hessian(model, loss_fn, x, y), brute_force.hessian(model, loss_fn, x, y)
+    )
+    torch.testing.assert_close(
+        reference.ggn(model, loss_fn, x, y), brute_force.ggn(model, loss_fn, x, y)
+    )
     with pytest.raises(UnsupportedModuleError, match="BatchNorm1d"):
         reference.ggn(model.train(), loss_fn, x, y)
 
@@ -123,8 +141,9 @@ def test_float32_works():
     model, x = model.float(), x.float()
     result = reference.ggn(model, loss_fn, x, y)
     assert result.dtype == torch.float32
-    torch.testing.assert_close(result.double(), reference.ggn(model.double(), loss_fn, x.double(), y),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        result.double(), reference.ggn(model.double(), loss_fn, x.double(), y), rtol=1e-4, atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------ errors name their culprit
@@ -169,7 +188,10 @@ def test_memory_budget_is_checked_before_allocating(name):
 @pytest.mark.parametrize("name", ["ggn", "fisher", "fisher_mc", "empirical_fisher"])
 def test_per_sample_intermediates_are_budgeted(name):
     model, loss_fn, x, y = CASES[0].build(100)  # P = 43: [P, P] fits, [N·C, P] or [N, P] does not
-    with memory_budget(43 * 43 * 8), pytest.raises(MemoryBudgetError, match=f"{name}: (Jacobian|per-sample)"):
+    with (
+        memory_budget(43 * 43 * 8),
+        pytest.raises(MemoryBudgetError, match=f"{name}: (Jacobian|per-sample)"),
+    ):
         MATRICES[name](model, loss_fn, x, y)
 
 

@@ -99,3 +99,20 @@ def test_invalid_k_and_input():
         top_eigenvalues([[1.0]], 1)
     with pytest.raises(ValueError, match="square"):
         top_eigenvalues(torch.ones(3, 2), 1)
+
+
+def test_accepts_any_representation_and_restricted_operators(hessian):
+    op, dense = hessian
+    from curvlab.repr import DenseCurvature
+
+    rep = DenseCurvature(dense, op.partition, quantity="hessian")
+    expected = torch.linalg.eigvalsh(dense).flip(0)[:2].numpy()
+    np.testing.assert_allclose(
+        top_eigenvalues(rep, 2)["eigenvalues"].values, expected, rtol=1e-8, atol=1e-10
+    )
+    idx = op.partition.restrict(["0.weight", "2.weight"])
+    sub = torch.linalg.eigvalsh(dense[idx][:, idx]).flip(0)[:2].numpy()
+    restricted = op.restrict(["0.weight", "2.weight"])
+    np.testing.assert_allclose(
+        top_eigenvalues(restricted, 2)["eigenvalues"].values, sub, rtol=1e-8, atol=1e-10
+    )

@@ -61,7 +61,7 @@ def plot_metric_curves(ds: xr.Dataset, metrics: Sequence[str] = ("rel_frobenius_
     if damping is None and "damping" in ds.dims:
         damping = float(ds.damping.values[len(ds.damping) // 2])
     fig, axes = new_figure(1, len(metrics), panel_size=(4.6, 3.6))
-    for ax, metric in zip(axes, metrics):
+    for ax, metric in zip(axes, metrics, strict=False):
         series = _series(ds, metric, block, damping)
         for i, name in enumerate(series.approximation.values):
             line = series.sel(approximation=name)
@@ -91,7 +91,7 @@ def plot_damping_curves(ds: xr.Dataset, metrics: Sequence[str] = ("step_cosine",
     if "step" in ds.dims:
         ds = ds.sel(step=ds.step.values[-1] if step is None else step)
     fig, axes = new_figure(1, len(metrics), panel_size=(4.6, 3.6))
-    for ax, metric in zip(axes, metrics):
+    for ax, metric in zip(axes, metrics, strict=False):
         series = ds.step_quality.sel(step_metric=metric, block=block)
         for i, name in enumerate(series.approximation.values):
             line = series.sel(approximation=name)

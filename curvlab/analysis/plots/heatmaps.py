@@ -129,7 +129,7 @@ def plot_block_comparison(exact, approximations: Mapping[str, object], partition
     ncols = min(len(shown), 4)
     nrows = -(-len(shown) // ncols)
     fig, axes = new_figure(nrows, ncols, panel_size=(3.6, 3.2))
-    for ax, (name, block) in zip(axes, shown.items()):
+    for ax, (name, block) in zip(axes, shown.items(), strict=False):
         sns.heatmap(block.numpy(), ax=ax, vmin=-vmax, vmax=vmax, cmap="RdBu_r", center=0.0, square=True,
                     xticklabels=False, yticklabels=False, cbar=ax is axes[ncols - 1])
         ax.set_title(name)

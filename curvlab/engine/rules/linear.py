@@ -43,7 +43,9 @@ class LinearRule(ParameterRule):
         return x
 
     def backprop(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
-        return factor @ record.module.weight.detach()
+        weight = record.module.weight.detach()
+        # one [N·K, O] x [O, I] product (a broadcast batched matmul would run N small products)
+        return (factor.reshape(-1, weight.shape[0]) @ weight).reshape(*factor.shape[:-1], weight.shape[1])
 
     def sandwich(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
         weight = record.module.weight.detach()

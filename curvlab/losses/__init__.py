@@ -115,7 +115,16 @@ class LossAdapter(ABC):
 
     @abstractmethod
     def sqrt_hessian(self, outputs: torch.Tensor) -> torch.Tensor:
-        """S_n, [N, C, C], with S_n S_nᵀ = H_n, unscaled."""
+        """S_n, [N, C, C], with S_n S_nᵀ = H_n, unscaled (the cheapest closed form; not always symmetric)."""
+
+    def symmetric_sqrt_hessian(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The symmetric square root H_n^{1/2}, [N, C, C]: S_n = S_nᵀ and S_n S_n = H_n.
+
+        Closed form where ``sqrt_hessian`` is already symmetric (MSE, BCE); otherwise from a batched
+        eigendecomposition H_n = Q Λ Qᵀ, S_n = Q Λ^{1/2} Qᵀ (O(N C³)).
+        """
+        evals, evecs = torch.linalg.eigh(self.output_hessian(outputs))
+        return (evecs * evals.clamp_min(0).sqrt()[:, None, :]) @ evecs.transpose(1, 2)
 
     @abstractmethod
     def sample_targets(
@@ -182,6 +191,8 @@ class MSEAdapter(LossAdapter):
 
     def sqrt_hessian(self, outputs):
         return self.output_hessian(outputs) / 2**0.5
+
+    symmetric_sqrt_hessian = sqrt_hessian
 
     def sample_targets(self, outputs, mc_samples=1, generator=None):
         noise = torch.randn(
@@ -283,6 +294,8 @@ class BCEWithLogitsAdapter(LossAdapter):
     def sqrt_hessian(self, outputs):
         s = outputs.flatten(1).sigmoid()
         return torch.diag_embed((s * (1 - s)).sqrt())
+
+    symmetric_sqrt_hessian = sqrt_hessian
 
     def sample_targets(self, outputs, mc_samples=1, generator=None):
         p = outputs.detach().sigmoid().expand(mc_samples, *outputs.shape)

@@ -305,3 +305,12 @@ def test_an_adapter_passes_through():
     adapter = loss_adapter(nn.MSELoss())
     assert loss_adapter(adapter) is adapter
     assert "MSELoss(reduction='mean')" in repr(adapter)
+
+
+@pytest.mark.parametrize("make_loss", LOSSES)
+def test_symmetric_sqrt_hessian_is_symmetric_square_root(make_loss):
+    adapter = loss_adapter(make_loss())
+    outputs = torch.randn(6, 4, dtype=torch.float64)
+    root = adapter.symmetric_sqrt_hessian(outputs)
+    torch.testing.assert_close(root, root.transpose(1, 2))
+    torch.testing.assert_close(root @ root, adapter.output_hessian(outputs))

@@ -1,14 +1,16 @@
 """Cost of matrix-free curvature products, as a ratio to one gradient (forward + backward).
 
 Setting (issue 4): MLP 784-256-256-10 with sigmoid activations, cross-entropy, batch 128, float32, CPU.
-Each row is the median over ``--repeats`` timings of one product (after two warm-up calls); the ratio
-divides by the median time of one forward + backward pass (``torch.autograd.grad`` of the loss).
+Each row is the median over ``--repeats`` rounds of t(product) / t(gradient), the gradient (one forward +
+backward pass, ``torch.autograd.grad`` of the loss) being timed right before each product; rounds cycle
+through all rows (after two warm-up calls each), so load changes on a shared machine hit all rows alike.
 Rows: curvlab's GGN (cached / uncached), Hessian (double backward cached / uncached, forward-over-reverse),
 MC Fisher, empirical Fisher (both strategies), complex step (complex64: for timing only), and the peers
 BackPACK (``backpack.hessianfree``: ggn_vector_product, hessian_vector_product), curvlinops
 (``GGNLinearOperator``, ``HessianLinearOperator``) and nngeometry (``FIM`` with ``PMatImplicit``).
 
-Usage: ``python benchmarks/operators.py [--quick] [--repeats R] [--batch-size N] [--threads T]``.
+Usage: ``python benchmarks/operators.py [--quick] [--repeats R] [--batch-size N] [--threads T] [--clock C]``.
+``--clock cpu --threads 1`` times the process's CPU time, which a loaded machine disturbs much less.
 ``--quick`` (smoke test) uses a small model and few repeats. Timings on a shared machine are noisy.
 """
 
@@ -32,16 +34,35 @@ from curvlab.operators import (
     HessianOperator,
 )
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
+
+def timed(fn: Callable[[], object]) -> float:
+    start = _clock()
     fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return _clock() - start
+
+
+def paired_ratios(
+    rows: dict[str, Callable[[], object]], gradient: Callable[[], object], repeats: int
+):
+    """Median over rounds of t(row) / t(gradient), each row timed right after a gradient.
+
+    Rounds go over all rows in turn, so a change of machine load hits every row alike; pairing each
+    product with a gradient timed just before it cancels most of the remaining drift.
+    """
+    for fn in (gradient, *rows.values()):  # warm-up: caches, linearisation, allocator
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        fn()
+    ratios: dict[str, list[float]] = {label: [] for label in rows}
+    base: list[float] = []
+    for _ in range(repeats):
+        for label, fn in rows.items():
+            t_grad = timed(gradient)
+            base.append(t_grad)
+            ratios[label].append(timed(fn) / t_grad)
+    return statistics.median(base), {label: statistics.median(r) for label, r in ratios.items()}
 
 
 def peer_rows(model, loss_fn, x, y, v_list, v_flat) -> dict[str, Callable[[], object]]:
@@ -98,7 +119,15 @@ def main(argv=None) -> list[tuple[str, float]]:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or the process's CPU time (robust on a loaded machine; use with --threads 1)",
+    )
     args = parser.parse_args(argv)
+    global _clock
+    _clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 30)
@@ -119,7 +148,6 @@ def main(argv=None) -> list[tuple[str, float]]:
     def gradient():
         return torch.autograd.grad(loss_fn(model(x), y), params)
 
-    base = median_time(gradient, repeats)
     data = (x, y)
     ours: dict[str, Callable[[], object]] = {}
     for label, op in [
@@ -131,8 +159,12 @@ def main(argv=None) -> list[tuple[str, float]]:
             HessianOperator(model, loss_fn, data, cache=False),
         ),
         (
-            "curvlab HVP forward-over-reverse",
+            "curvlab HVP forward-over-reverse (cached)",
             HessianOperator(model, loss_fn, data, method="forward_over_reverse"),
+        ),
+        (
+            "curvlab HVP forward-over-reverse (uncached)",
+            HessianOperator(model, loss_fn, data, method="forward_over_reverse", cache=False),
         ),
         (
             "curvlab MC Fisher-vp (M=1, cached)",
@@ -150,20 +182,23 @@ def main(argv=None) -> list[tuple[str, float]]:
     ]:
         ours[label] = lambda op=op: op @ v_flat
     rows = {**ours, **peer_rows(model, loss_fn, x, y, v_list, v_flat)}
-    results = [("one gradient (forward + backward)", 1.0)]
+    unavailable = [label for label, fn in rows.items() if fn is None]
+    base, ratios = paired_ratios(
+        {k: f for k, f in rows.items() if f is not None}, gradient, repeats
+    )
     print(
-        f"MLP {sizes[0]}-{'-'.join(map(str, sizes[1]))}-{sizes[2]} sigmoid, CE, batch {batch}, float32, P={num_params}, "
-        f"torch {torch.__version__}, threads={torch.get_num_threads()}, repeats={repeats}"
+        f"MLP {sizes[0]}-{'-'.join(map(str, sizes[1]))}-{sizes[2]} sigmoid, CE, batch {batch}, float32, "
+        f"P={num_params}, torch {torch.__version__}, threads={torch.get_num_threads()}, repeats={repeats}, "
+        f"clock={args.clock}"
     )
     print(f"{'product':<55} {'ratio':>7}")
-    print(f"{results[0][0]:<55} {1.0:>7.2f}   ({base * 1e3:.2f} ms)")
-    for label, fn in rows.items():
-        if fn is None:
-            print(f"{label:<55} {'-':>7}")
-            continue
-        ratio = median_time(fn, repeats) / base
+    print(f"{'one gradient (forward + backward)':<55} {1.0:>7.2f}   (median {base * 1e3:.2f} ms)")
+    results = [("one gradient (forward + backward)", 1.0)]
+    for label, ratio in ratios.items():
         results.append((label, ratio))
         print(f"{label:<55} {ratio:>7.2f}")
+    for label in unavailable:
+        print(f"{label:<55} {'-':>7}")
     print(
         "targets (issue 4): GGN-vp <= 2.0, HVP <= 3.0 gradients; timings on a shared machine are noisy"
     )

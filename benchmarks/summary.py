@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from curvlab.models import mlp  # noqa: E402
-from curvlab.summary import grouped_newton_summary, gradient_direction  # noqa: E402
 from curvlab.losses import loss_adapter  # noqa: E402
+from curvlab.models import mlp  # noqa: E402
 from curvlab.partition import Partition  # noqa: E402
+from curvlab.summary import gradient_direction, grouped_newton_summary  # noqa: E402
 
 REFERENCE = "double_backward"
 METHODS = ("layered", "functional", "double_backward")
@@ -147,12 +147,13 @@ def run(args) -> dict:
 
     for order in args.orders:
         call = {
-            m: (lambda m=m: grouped_newton_summary(model, loss_fn, (x, y), direction=direction,
-                                                   partition=partition, order=order, method=m))
+            m: (lambda m=m, order=order: grouped_newton_summary(
+                model, loss_fn, (x, y), direction=direction, partition=partition, order=order, method=m))
             for m in methods
         }
         if order == 2 and args.full_hvps:
-            call[FULL_HVPS] = lambda: _AsSummary(*full_hvp_summary(model, loss_fn, x, y, direction, partition))
+            call[FULL_HVPS] = lambda: _AsSummary(
+                *full_hvp_summary(model, loss_fn, x, y, direction, partition))
         names = list(call)
         for _ in range(args.warmup):
             for m in names:
@@ -174,8 +175,8 @@ def run(args) -> dict:
                 "method": m,
                 "wall_ms": 1e3 * statistics.median(wall[m]),
                 "cpu_ms": 1e3 * statistics.median(cpu[m]),
-                "ratio_wall": statistics.median(a / b for a, b in zip(wall[m], wall[REFERENCE])),
-                "ratio_cpu": statistics.median(a / b for a, b in zip(cpu[m], cpu[REFERENCE])),
+                "ratio_wall": statistics.median(a / b for a, b in zip(wall[m], wall[REFERENCE], strict=True)),
+                "ratio_cpu": statistics.median(a / b for a, b in zip(cpu[m], cpu[REFERENCE], strict=True)),
                 "hbar_rel_diff": float((res.hbar - ref.hbar).abs().max()) / scale,
                 "d3_rel_diff": None if ref.d3 is None or res.d3 is None else
                 float((res.d3 - ref.d3).abs().max() / ref.d3.abs().max()),

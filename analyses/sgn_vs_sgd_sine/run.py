@@ -237,7 +237,8 @@ def plot(ds: xr.Dataset, path: Path) -> None:
         sub = ds.sel(setting=label)
         for row, kind in enumerate(("train", "test")):
             axes[row, 0].plot(ds.time, sub[f"{kind}_loss_at_time"].mean("seed"), **style)
-            axes[row, 1].plot(ds.epoch, sub[f"{kind}_loss"].mean("seed"), **style)
+            # epochs reached by every seed only (a mean over the seeds that got further would be biased)
+            axes[row, 1].plot(ds.epoch, sub[f"{kind}_loss"].mean("seed", skipna=False), **style)
     for row, kind in enumerate(("train", "test")):
         values = ds[f"{kind}_loss"].values
         finite = values[np.isfinite(values)]
@@ -246,12 +247,14 @@ def plot(ds: xr.Dataset, path: Path) -> None:
         axes[row, 0].set_xlabel("training time [s]")
         axes[row, 1].set_xlabel("epoch")
         axes[row, 1].set_xscale("symlog", linthresh=1)
+        axes[row, 1].set_xlim(left=0)
         for ax in axes[row]:
             ax.set_yscale("log")
             ax.set_ylabel(f"{kind} loss (MSE)")
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, ncol=2)
-    fig.suptitle("Noisy sine, MLP 1-20-20-20-1 sigmoid, batch 1000: SGN (dashed) vs SGD (solid), mean of seeds")
+    fig.suptitle("Noisy sine, MLP 1-20-20-20-1 sigmoid, batch 1000: SGN(CG iterations, dashed) vs "
+                 "SGD(learning rate, solid), mean over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -6,6 +6,9 @@ Layers of the package (imports go downwards):
   how factors, per-sample Hessians and KFRA matrices pass backwards through it, and the statistics a
   parameterised layer builds from them;
 * :mod:`~curvlab.engine.quantities` — the quantities as (source, form) data;
+* :mod:`~curvlab.engine.model_check`, :mod:`~curvlab.engine.fx_check` — which models are supported:
+  nested ``nn.Sequential`` natively, other models through their ``torch.fx`` graph (residual
+  additions included, for the GGN/Fisher quantities);
 * :mod:`~curvlab.engine.statistics` — one batch: propagate the sources, collect unscaled statistics;
 * :mod:`~curvlab.engine.hessian` — the full cross-layer Hessian;
 * :mod:`~curvlab.engine.accumulate` — combining batches and processes exactly;

@@ -52,11 +52,18 @@ class Accumulator:
         self.inputs: dict = {}
         self.rows: dict = {}
         self._result: BatchStatistics | None = None
-        self._rows_scaled: float = 1.0  # a single batch's factor is scaled in place by result()
+        # result() scales the running sums in place (they can be large); adding more data undoes it
+        self._scaled: tuple[float, float, float] | None = None
+        self._reduced = False  # all_reduce() ran: the sums are global
 
     def add(self, stats: BatchStatistics) -> None:
         """Add one batch."""
-        self._unscale_rows()
+        if self._reduced:
+            raise RuntimeError(
+                "the statistics were already all-reduced across processes; add every batch before asking "
+                "for the result"
+            )
+        self._unscale()
         self.batches += 1
         self.normalizer += stats.normalizer
         self.count += stats.count
@@ -72,10 +79,11 @@ class Accumulator:
         return float(self.normalizer) if self.reduction == "mean" else 1.0
 
     def all_reduce(self) -> None:
-        """Sum over the ranks of an initialised process group (no-op otherwise)."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        """Sum over the ranks of an initialised process group (no-op otherwise, and when done already)."""
+        if self._reduced or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
-        self._unscale_rows()
+        self._reduced = True
+        self._unscale()
         counts = torch.tensor([self.batches, self.normalizer, self.count], dtype=torch.float64)
         dist.all_reduce(counts)
         self.batches, self.normalizer, self.count = (int(v) for v in counts.tolist())
@@ -100,21 +108,27 @@ class Accumulator:
             raise ValueError("no batch was recorded: run a forward and backward pass inside the hooks")
         if self._result is not None:
             return self._result
-        weight = self.weight
+        weight, scale = self.weight, 1 / math.sqrt(self.weight)
+        for value in self.sums.values():
+            value.div_(weight)
+        for value in self.inputs.values():
+            value.div_(self.count)
+        for key, value in self.rows.items():
+            self.rows[key] = [torch.cat(value) if len(value) > 1 else value[0]]
+            self.rows[key][0].mul_(scale)
+        self._scaled = (weight, float(self.count), scale)
         out = BatchStatistics(self.normalizer, self.count)
-        out.sums = {k: v / weight for k, v in self.sums.items()}
-        out.inputs = {k: v / self.count for k, v in self.inputs.items()}
-        scale = 1 / math.sqrt(weight)
-        # one batch: scale its factor in place (it can be gigabytes); the result is cached
-        single = all(len(v) == 1 for v in self.rows.values())
-        out.rows = {k: (v[0].mul_(scale) if single else torch.cat(v).mul_(scale)) for k, v in self.rows.items()}
-        self._rows_scaled = scale if single and self.rows else 1.0
+        out.sums, out.inputs = dict(self.sums), dict(self.inputs)
+        out.rows = {k: v[0] for k, v in self.rows.items()}
         self._result = out
         return out
 
-    def _unscale_rows(self) -> None:
+    def _unscale(self) -> None:
+        """Undo the scaling of :meth:`result` (into new tensors: the returned result keeps its own)."""
         self._result = None
-        if self._rows_scaled != 1.0:
-            for value in self.rows.values():
-                value[0].div_(self._rows_scaled)
-            self._rows_scaled = 1.0
+        if self._scaled is not None:
+            weight, count, scale = self._scaled
+            self.sums = {k: v * weight for k, v in self.sums.items()}
+            self.inputs = {k: v * count for k, v in self.inputs.items()}
+            self.rows = {k: [v[0] / scale] for k, v in self.rows.items()}
+            self._scaled = None

@@ -86,11 +86,9 @@ def compute(
     common = {"mc_samples": mc_samples, "generator": generator}
     stats, info = _run(model, adapter, data, first, progress, **common)
     if wants_ekfac:
-        basis = {}
-        for layer in {key[1] for key in stats.sums if key[0] == "kflr" and key[2] == "G"}:
-            A, G = kronecker_factors(stats, "kflr", layer)
-            basis[layer] = (torch.linalg.eigh(A).eigenvectors, torch.linalg.eigh(G).eigenvectors)
-        refit, _ = _run(model, adapter, data, (Quantity.EKFAC,), progress, ekfac_basis=basis, **common)
+        layers = {key[1] for key in stats.sums if key[0] == "kflr" and key[2] == "G"}
+        factors = {layer: kronecker_factors(stats, "kflr", layer) for layer in layers}
+        refit, _ = _run(model, adapter, data, (Quantity.EKFAC,), progress, ekfac_factors=factors, **common)
         stats.sums.update(refit.sums)
     params = trainable_parameters(model)
     attrs = provenance(
@@ -125,6 +123,4 @@ def _run(model, adapter, data, quantities, progress, **options) -> tuple[BatchSt
                 loss = adapter(model(inputs), targets)
                 if needs_grad:
                     torch.autograd.grad(loss, params)
-    accumulator = hooks.statistics()
-    accumulator.all_reduce()
-    return accumulator.result(), info
+    return hooks.combined(), info

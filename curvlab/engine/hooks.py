@@ -18,7 +18,8 @@ modified, so ``torch.func`` and :mod:`curvlab.reference` work on it afterwards.
 The backward pass must be of ``loss_fn(model(x), y)`` itself (the recorded gradients are those of
 that loss); only the Hessian and empirical-Fisher sources use them, and GGN/MC/KFRA quantities need
 no backward at all. Modules are checked before any forward (:func:`curvlab.engine.model_check.supported_layers`);
-at run time the hooks verify that the forward pass is the chain of the model's leaf modules.
+at run time the hooks verify that the forward pass is the chain of the model's leaf modules (or, for
+models with a custom ``forward``, that modules run in the order of their ``torch.fx`` graph).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import nn
 
 from curvlab.engine.accumulate import Accumulator
 from curvlab.engine.hessian import full_hessian
-from curvlab.engine.model_check import Layer, supported_layers
+from curvlab.engine.model_check import Layer, graph_of, supported_layers
 from curvlab.engine.quantities import Quantity, Source, parse_quantities
 from curvlab.engine.result import model_partition
 from curvlab.engine.rules import RULES, ModuleRule, Record
@@ -63,7 +64,9 @@ class CurvatureHooks:
         loss_fn: the loss module the backward pass differentiates (see :mod:`curvlab.losses`).
         quantities: names or :class:`~curvlab.engine.quantities.Quantity` members.
         mc_samples: M for the MC quantities; generator: their random source.
-        ekfac_basis: ``{layer: (U_A, U_G)}``, needed for ``ekfac`` (``curvlab.compute`` provides it).
+        ekfac_factors: ``{layer: (A, G)}`` KFLR factors of the data (from an earlier ``kflr`` result),
+            needed for ``ekfac``: its eigenvalues are refitted in their eigenbasis (``curvlab.compute``
+            makes the two passes itself).
         rules: module type -> rule mapping (default :data:`curvlab.engine.rules.RULES`).
 
     Example:
@@ -87,14 +90,30 @@ class CurvatureHooks:
         *,
         mc_samples: int = 1,
         generator: torch.Generator | None = None,
-        ekfac_basis: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        ekfac_factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         rules: Mapping[type, ModuleRule] = RULES,
     ):
         self.model = model
         self.adapter = loss_adapter(loss_fn)
         self.quantities = parse_quantities(quantities)
-        self.config = EngineConfig(mc_samples, generator, ekfac_basis)
+        self.ekfac_factors = dict(ekfac_factors or {})
+        basis = {
+            layer: (torch.linalg.eigh(A).eigenvectors, torch.linalg.eigh(G).eigenvectors)
+            for layer, (A, G) in self.ekfac_factors.items()
+        }
+        self.config = EngineConfig(mc_samples, generator, basis or None)
         self.layers: list[Layer] = supported_layers(model, rules)
+        graph = graph_of(model)
+        #: the module graph of a branching model (``None`` for chains: nested Sequential or fx-verified)
+        self.graph = None if graph is None or graph.is_chain else graph
+        if self.graph is not None:
+            chain_only = [q.value for q in self.quantities
+                          if q.source in (Source.HESSIAN, Source.KFRA) and q is not Quantity.HESSIAN]
+            if chain_only:
+                raise UnsupportedModuleError(
+                    f"{', '.join(chain_only)} need a chain of modules, but {self.graph.model_name} branches at "
+                    f"node {self.graph.first_branch()!r}; GGN, Fisher and full Hessian quantities work on it"
+                )
         self._by_module = {id(layer.module): layer for layer in self.layers}
         part = model_partition(model, "layer")
         self._layout = {g.name: g.contiguous for g in part.groups}
@@ -145,7 +164,17 @@ class CurvatureHooks:
         from curvlab.engine.result import assemble  # noqa: PLC0415
 
         self._flush()
-        return assemble(self.model, self.quantities, self.accumulator.result(), partition, attrs)
+        return assemble(self.model, self.quantities, self.combined(), partition, attrs)
+
+    def combined(self):
+        """The combined statistics (:class:`~curvlab.engine.statistics.BatchStatistics`), after all-reducing
+        across processes when ``torch.distributed`` is initialised; with ``ekfac`` they carry its factors."""
+        self._flush()
+        self.accumulator.all_reduce()
+        stats = self.accumulator.result()
+        for layer, (A, G) in self.ekfac_factors.items():
+            stats.sums[("ekfac", layer, "A")], stats.sums[("ekfac", layer, "G")] = A, G
+        return stats
 
     # ------------------------------------------------------------------ hooks
     def _begin(self, module, args) -> None:
@@ -165,7 +194,7 @@ class CurvatureHooks:
         if trace.problem is None:
             if any(r.module is module for r in trace.records):
                 trace.problem = f"module {layer.name!r} is called twice (shared weights)"
-            elif not args or args[0] is not trace.last_output:
+            elif self.graph is None and (not args or args[0] is not trace.last_output):
                 trace.problem = (
                     f"the input of module {layer.name!r} is not the output of the module before it "
                     "(a functional operation, branch or skip connection)"
@@ -182,8 +211,10 @@ class CurvatureHooks:
             return
         if not isinstance(output, torch.Tensor):
             trace.problem = f"the model returned a {type(output).__qualname__}, not a tensor"
-        elif output is not trace.last_output:
+        elif self.graph is None and output is not trace.last_output:
             trace.problem = "the model's output is not the output of its last module"
+        elif self.graph is not None and [r.name for r in trace.records] != self.graph.modules:
+            trace.problem = f"the modules ran in an order other than {self.graph.model_name}'s traced graph"
         trace.outputs = output.detach() if isinstance(output, torch.Tensor) else None
 
     # ------------------------------------------------------------------ processing
@@ -203,8 +234,8 @@ class CurvatureHooks:
     def _statistics(self, trace: _Trace):
         if trace.problem is not None:
             raise UnsupportedModuleError(
-                f"{trace.problem}: the hook engine supports models whose forward is the chain of their "
-                "leaf modules (nn.Sequential); convert other models first (see curvlab.engine.fx)"
+                f"{trace.problem}: the hook engine supports nn.Sequential models and custom models whose "
+                "torch.fx graph calls each supported module once (see curvlab.engine.fx_check)"
             )
         called = {r.name for r in trace.records}
         for layer in self.layers:
@@ -231,7 +262,8 @@ class CurvatureHooks:
                         "need it)"
                     )
                 record.grad = record.grad * z
-        stats = batch_statistics(records, outputs, self.adapter, self.quantities, self.config, self._layout)
+        stats = batch_statistics(records, outputs, self.adapter, self.quantities, self.config, self._layout,
+                                 self.graph)
         if Quantity.HESSIAN in self.quantities:
             stats.sums[("hessian", "", "full")] = full_hessian(
                 self.model, trace.inputs, outputs, records[-1].grad.flatten(1),

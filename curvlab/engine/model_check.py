@@ -2,10 +2,9 @@
 
 Supported natively: ``nn.Sequential`` containers (nested) of leaf modules that have a rule in
 :data:`curvlab.engine.rules.RULES`. Models with other containers (a custom ``forward``) go through
-``torch.fx``: :func:`curvlab.engine.fx_check.chain_from_fx` accepts them if their traced graph is a
-chain of leaf modules, and raises :class:`~curvlab.errors.UnsupportedModuleError` naming the first
-functional, branching or skip-connection node otherwise (residual models are not supported by the
-hook engine). The hooks re-check at run time that the forward pass is the chain of the leaves.
+``torch.fx`` (:func:`curvlab.engine.fx_check.model_graph`): graphs of module calls and additions
+(residual connections) are accepted, anything else raises :class:`~curvlab.errors.UnsupportedModuleError`
+naming the node. The hooks re-check at run time that the modules run as the graph says.
 """
 
 from __future__ import annotations
@@ -15,11 +14,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from curvlab.engine.fx_check import chain_from_fx
+from curvlab.engine.fx_check import ModelGraph, model_graph
 from curvlab.engine.rules import RULES, ModuleRule, rule_for
 from curvlab.errors import UnsupportedModuleError
 
-__all__ = ["Layer", "supported_layers"]
+__all__ = ["Layer", "graph_of", "supported_layers"]
 
 
 @dataclass(frozen=True)
@@ -59,9 +58,8 @@ def supported_layers(model: nn.Module, rules: Mapping[type, ModuleRule] = RULES)
     for name, module in modules.items():
         if not list(module.children()):
             rule_for(module, name, rules)  # the module's own error comes first
-    chain = None
-    if any(list(m.children()) and type(m) is not nn.Sequential for m in modules.values()):
-        chain = set(chain_from_fx(model))  # raises unless forward is a chain of leaf modules
+    graph = graph_of(model)
+    chain = None if graph is None else set(graph.modules)
     layers = []
     for name, module in modules.items():
         if list(module.children()):
@@ -83,3 +81,11 @@ def supported_layers(model: nn.Module, rules: Mapping[type, ModuleRule] = RULES)
     if not any(layer.rule.has_parameters and layer.rule.trainable(layer.module) for layer in layers):
         raise UnsupportedModuleError(f"{type(model).__qualname__} has no trainable parameters in supported layers")
     return layers
+
+
+def graph_of(model: nn.Module) -> ModelGraph | None:
+    """``None`` for a model of nested ``nn.Sequential`` (a chain by construction), else its traced
+    module graph (:func:`curvlab.engine.fx_check.model_graph`, which raises for unsupported nodes)."""
+    if all(type(m) is nn.Sequential for m in model.modules() if list(m.children())):
+        return None
+    return model_graph(model)

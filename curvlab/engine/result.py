@@ -193,9 +193,10 @@ def _representation(q: Quantity, stats, layer_part, user_part, modules, common) 
 
 
 def kronecker_factors(stats: BatchStatistics, quantity: str, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, G) of a layer: A from the shared inputs, G from ``quantity`` (``ekfac`` reads ``kflr``)."""
-    source = "kflr" if quantity == "ekfac" else quantity
-    return stats.inputs[layer], stats.sums[(source, layer, "G")]
+    """(A, G) of a layer: A from the shared inputs, G from ``quantity`` (``ekfac`` carries its own)."""
+    if quantity == "ekfac":
+        return stats.sums[("ekfac", layer, "A")], stats.sums[("ekfac", layer, "G")]
+    return stats.inputs[layer], stats.sums[(quantity, layer, "G")]
 
 
 def _kronecker(q: Quantity, stats: BatchStatistics, layer_part: Partition, modules, common) -> KroneckerCurvature:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from curvlab.engine.fx_check import ModelGraph
 from curvlab.engine.quantities import Form, Quantity, Source
 from curvlab.engine.rules import ParameterRule, Record
 from curvlab.guards import check_dense_allocation
@@ -38,7 +39,7 @@ class EngineConfig:
     Attributes:
         mc_samples: M, sampled targets per sample for the MC sources (``kfac``, ``fisher_mc``, …).
         generator: random source of the MC sampling (``None``: torch's global generator).
-        ekfac_basis: ``{layer: (U_A, U_G)}`` eigenvectors of the KFLR factors; needed for ``ekfac``.
+        ekfac_basis: ``{layer: (U_A, U_G)}`` eigenvectors of the KFLR factors A, G; needed for ``ekfac``.
     """
 
     mc_samples: int = 1
@@ -80,7 +81,12 @@ def uses_kronecker(rule: ParameterRule, record: Record) -> bool:
     return rule.has_kronecker and rule.kronecker_supported(record.module)
 
 
-def _propagate(records: Sequence[Record], start: torch.Tensor, step: Callable, visit: Callable) -> None:
+def _propagate(
+    records: Sequence[Record], start: torch.Tensor, step: Callable, visit: Callable, graph: ModelGraph | None = None
+) -> None:
+    if graph is not None:
+        _propagate_graph(records, start, step, visit, graph)
+        return
     first = next(i for i, r in enumerate(records) if has_trainable(r))
     value = start
     for i in range(len(records) - 1, first - 1, -1):
@@ -89,6 +95,33 @@ def _propagate(records: Sequence[Record], start: torch.Tensor, step: Callable, v
             visit(record, value)
         if i > first:
             value = step(record, value)
+
+
+def _propagate_graph(records, start, step: Callable, visit: Callable, graph: ModelGraph) -> None:
+    """Reverse topological propagation through a module graph, summing at nodes with several consumers."""
+    record_at = dict(zip((i for i, n in enumerate(graph.nodes) if n.kind == "module"), records, strict=True))
+    needed = [False] * len(graph.nodes)  # does the node have trainable parameters upstream?
+    for i, node in enumerate(graph.nodes):
+        own = node.kind == "module" and has_trainable(record_at[i])
+        needed[i] = own or any(needed[j] or (graph.nodes[j].kind == "module" and has_trainable(record_at[j]))
+                               for j in node.inputs)
+    pending = {graph.output: start}
+    for i in range(len(graph.nodes) - 1, 0, -1):
+        value = pending.pop(i, None)
+        node = graph.nodes[i]
+        if value is None:
+            continue
+        if node.kind == "module":
+            record = record_at[i]
+            if has_trainable(record):
+                visit(record, value)
+            targets = [(j, None) for j in node.inputs if needed[j] and graph.nodes[j].kind != "input"]
+            if targets:
+                value = step(record, value)
+        else:
+            targets = [(j, None) for j in node.inputs if needed[j] and graph.nodes[j].kind != "input"]
+        for j, _ in targets:
+            pending[j] = value if j not in pending else pending[j] + value
 
 
 def _output_factor(source: Source, adapter: LossAdapter, outputs: torch.Tensor, config: EngineConfig):
@@ -106,13 +139,15 @@ def batch_statistics(
     quantities: Sequence[Quantity],
     config: EngineConfig,
     layout: Mapping[str, slice],
+    graph: ModelGraph | None = None,
 ) -> BatchStatistics:
     """Unscaled statistics of one recorded batch for ``quantities`` (``hessian`` excluded: see
     :mod:`curvlab.engine.hessian`).
 
     ``layout`` maps each parameterised layer to its slice of the flat parameter vector; full
     square-root factors are written straight into one [N·K, P] tensor per quantity (key
-    ``(quantity, "", "rows")``).
+    ``(quantity, "", "rows")``). ``graph``: the module graph of a branching model (records in its
+    module order); factors are then summed where a node feeds several consumers.
     """
     stats = BatchStatistics(adapter.normalizer(outputs), outputs.shape[0])
     by_source: dict[Source, list[Quantity]] = {}
@@ -141,11 +176,10 @@ def batch_statistics(
             start = _output_factor(source, adapter, outputs, config)
             full = _full_buffers(qs, outputs, start.shape[1], layout, stats)
             extra = [Quantity.KFRA] if source is Source.GGN and Source.KFRA in by_source else []
-            _propagate(
-                records, start, lambda r, v: r.rule.backprop(r, v),
-                functools.partial(_visit_factor, quantities=qs + extra, config=config, stats=stats, full=full,
-                                  layout=layout),
+            visit = functools.partial(
+                _visit_factor, quantities=qs + extra, config=config, stats=stats, full=full, layout=layout
             )
+            _propagate(records, start, lambda r, v: r.rule.backprop(r, v), visit, graph)
     return stats
 
 
@@ -187,7 +221,7 @@ def _visit_factor(record: Record, factor, quantities, config: EngineConfig, stat
         elif q.form is Form.EKFAC:
             if config.ekfac_basis is None or layer not in config.ekfac_basis:
                 raise ValueError(
-                    f"ekfac needs the eigenbasis of the KFLR factors of layer {layer!r} (ekfac_basis=...); "
+                    f"ekfac needs the KFLR factors of layer {layer!r} (CurvatureHooks(..., ekfac_factors=...)); "
                     "curvlab.compute makes two passes over the data to get it"
                 )
             basis_in, basis_out = config.ekfac_basis[layer]
@@ -220,34 +254,69 @@ def _kfra(records, outputs, adapter: LossAdapter, stats: BatchStatistics) -> Non
     _propagate(records, start, lambda r, g: r.rule.kfra_backprop(r, g), visit)
 
 
+@dataclass
+class _Term:
+    """A weighted square-root term Σ_k w_nk v_nk v_nkᵀ of per-sample Hessians (:func:`_diag_hessian`).
+
+    Either ``factor`` V [N, K, *features], or V_nk = ``rows``_k ⊙ ``scale``_n with rows [K, *features]
+    shared by all samples (a Linear layer's weight rows) and scale [N, *features] (activation
+    derivatives): that form never allocates [N, K, *features].
+    """
+
+    weights: torch.Tensor | None
+    factor: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+
+    def diag(self, record: Record) -> torch.Tensor:
+        if self.factor is not None:
+            return record.rule.signed_diag(record, self.factor, self.weights)
+        return record.rule.signed_diag_scaled_rows(record, self.rows, self.scale, self.weights)
+
+    def backprop(self, record: Record) -> _Term:
+        rule = record.rule
+        if self.factor is None:
+            passed = rule.backprop_scaled_rows(record, self.rows, self.scale)
+            if passed is not None:
+                return _Term(self.weights, rows=passed[0], scale=passed[1])
+            self.factor = self.rows.unsqueeze(0) * self.scale.unsqueeze(1)
+        return _Term(self.weights, factor=rule.backprop(record, self.factor))
+
+
 def _diag_hessian(records, outputs, adapter: LossAdapter, stats: BatchStatistics) -> None:
     """The Hessian diagonal without per-sample Hessian matrices.
 
     Every per-sample Hessian on the way down is kept as H = Σ_t V_t diag(w_t) V_tᵀ + diag(d): weighted
-    square-root factors (the GGN's S with unit weights, and residual terms converted to unit columns
-    weighted by d) plus a diagonal d that elementwise, reshaping and BatchNorm modules keep diagonal.
-    A diagonal becomes a factor only when a module mixes features (Linear, Conv, pooling), through its
-    Jacobian rows; for an MLP with two hidden layers nothing of size [N, D, D] is ever multiplied.
-    Cost: O(N · K · D) per module for the GGN part, plus O(N · D_m · D) per module below the residual of
-    layer m once it has become a factor (Botev's recursion costs O(N · D³) per layer).
+    square-root terms (the GGN's S with unit weights, and residual terms turned into weighted Jacobian
+    rows) plus a diagonal d that elementwise, reshaping and BatchNorm modules keep diagonal. A diagonal
+    becomes a term only when a module mixes features (Linear, Conv, pooling); after a Linear layer the
+    term is W's rows scaled per sample, and stays so through elementwise modules (:class:`_Term`).
+    Cost: O(N · C · D) per module for the GGN part; a residual term costs O(N · D_m · D) per module
+    only once it has to pass a second feature-mixing module (for an MLP with two hidden layers
+    nothing of size [N, D, D] is formed; Botev's recursion costs O(N · D³) per layer).
     """
     first = next(i for i, r in enumerate(records) if has_trainable(r))
-    terms: list[tuple[torch.Tensor, torch.Tensor | None]] = [(_output_factor(Source.GGN, adapter, outputs, None), None)]
+    terms = [_Term(None, factor=_output_factor(Source.GGN, adapter, outputs, None))]
     diagonal: torch.Tensor | None = None
     for i in range(len(records) - 1, first - 1, -1):
         record, rule = records[i], records[i].rule
         if has_trainable(record):
-            total = sum(rule.signed_diag(record, v, w) for v, w in terms)
+            total = sum(term.diag(record) for term in terms)
             if diagonal is not None:
                 total = total + rule.diag_from_diagonal(record, diagonal)
             stats.sums[("diag_hessian", record.name, "diag")] = total
         if i == first:
             break
-        terms = [(rule.backprop(record, v), w) for v, w in terms]
+        terms = [term.backprop(record) for term in terms]
         if diagonal is not None:
             passed = rule.backprop_diagonal(record, diagonal)
             if passed is None:
-                terms.append((rule.jacobian_rows(record), diagonal.flatten(1)))
+                weights, rows = diagonal.flatten(1), rule.shared_jacobian_rows(record)
+                if rows is None:
+                    terms.append(_Term(weights, factor=rule.jacobian_rows(record)))
+                else:
+                    scale = rows.new_ones(diagonal.shape[0], *record.in_shape)
+                    terms.append(_Term(weights, rows=rows, scale=scale))
             diagonal = passed
         residual = rule.second_derivative_diagonal(record)
         if residual is not None:

@@ -5,17 +5,15 @@ current trainable parameters, and implements :class:`curvlab.repr.base.Curvature
 (``op @ v`` for v of shape [P] or [P, K] in the reference ordering, ``dense()``, ``solve`` by CG, ...),
 plus ``to_scipy()``, ``restrict(groups)`` and ``block_operator(rows, cols)``.
 
-==============================  ==========================================  =========================
-operator                        matrix                                      product
-==============================  ==========================================  =========================
-:class:`HessianOperator`        H = ∇²L                                     double backward or
-                                                                            forward-over-reverse
-:class:`ComplexStepHessianOperator`  H (analytic models only)               Im ∇L(θ+iεv)/ε
-:class:`GGNOperator`            G = Jᵀ H_f J / Z                            jvp, output Hessian, vjp
-:class:`FisherMCOperator`       Jᵀ S Sᵀ J / Z, S sampled once               jvp, S Sᵀ, vjp
-:class:`EmpiricalFisherOperator`  Σ g_n g_nᵀ / Z                            per-sample gradients or
-                                                                            jvp, r rᵀ, vjp
-==============================  ==========================================  =========================
+* :class:`HessianOperator`: H = ∇²L; double backward (cached gradient graph) or forward-over-reverse.
+* :class:`ComplexStepHessianOperator`: H v = Im ∇L(θ + iεv)/ε, ε = 2⁻⁵⁰ (analytic models only).
+* :class:`GGNOperator`: G = Σ_b w_b Jᵀ H_f J / Z_b; a jvp, the output Hessian in closed form, a vjp.
+* :class:`FisherMCOperator`: Jᵀ S Sᵀ J / Z with MC square roots S sampled once at construction.
+* :class:`EmpiricalFisherOperator`: Σ_n g_n g_nᵀ / Z; cached per-sample gradients or jvp, r rᵀ, vjp.
+
+Every operator also gives ``dense()`` (P products), an exact ``diagonal()`` (P products), ``solve`` by
+conjugate gradient (:mod:`curvlab.operators.cg`), and exports its materialised matrix as a
+``DenseCurvature``. Products of several columns use ``vmap`` (32 columns at a time).
 """
 
 from curvlab.operators.base import CurvatureOperator, RestrictedOperator

@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from curvlab.data import Data
-from curvlab.errors import UnsupportedLossError, UnsupportedModuleError
-from curvlab.losses import BCEWithLogitsAdapter, CrossEntropyAdapter, LossAdapter, MSEAdapter
+from curvlab.errors import UnsupportedModuleError
+from curvlab.losses import LossAdapter
 from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.operators.complex_ops import exact_complex_ops
+from curvlab.operators.elementary_loss import elementary_loss
 from curvlab.operators.model_operator import ModelCurvatureOperator
 from curvlab.partition import Partition, PartitionSpec
 
@@ -151,32 +152,6 @@ def _module_tracker(model: nn.Module):
             handle.remove()
 
 
-def _complex_loss(adapter: LossAdapter, f: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(1/Z) Σ_n ℓ_n for complex outputs f, with analytic formulas of the three supported losses."""
-    z = adapter.normalizer(f)
-    flat = f.reshape(f.shape[0], -1)
-    if isinstance(adapter, MSEAdapter):
-        total = (flat - targets.reshape(flat.shape).to(flat.dtype)).square().sum()
-    elif isinstance(adapter, CrossEntropyAdapter):
-        shift = flat.real.amax(1, keepdim=True).detach()  # any constant shift is exact
-        lse = (flat - shift).exp().sum(1).log() + shift[:, 0]
-        total = (lse - flat.gather(1, targets[:, None])[:, 0]).sum()
-    elif isinstance(adapter, BCEWithLogitsAdapter):
-        positive = (
-            flat.real > 0
-        )  # softplus(f) = f + log1p(e^{-f}) where Re f > 0, else log1p(e^{f})
-        softplus = (
-            torch.where(positive, flat, torch.zeros_like(flat))
-            + torch.where(positive, -flat, flat).exp().log1p()
-        )
-        total = (softplus - targets.reshape(flat.shape).to(flat.dtype) * flat).sum()
-    else:
-        raise UnsupportedLossError(
-            f"{adapter.name}: no analytic complex formula for the complex step"
-        )
-    return total / z
-
-
 class ComplexStepHessianOperator(ModelCurvatureOperator):
     """H v = Im ∇L(θ + iεv) / ε with ε = 2⁻⁵⁰, for models made of analytic operations.
 
@@ -220,7 +195,7 @@ class ComplexStepHessianOperator(ModelCurvatureOperator):
             cg=cg,
             epsilon=self.epsilon,
         )
-        _complex_loss(
+        elementary_loss(
             self.loss, self.outputs[0], self.batches[0][1]
         )  # refuse unsupported losses now
         self._complex_dtype = (torch.ones((), dtype=self.dtype) * 1j).dtype
@@ -243,7 +218,7 @@ class ComplexStepHessianOperator(ModelCurvatureOperator):
                         raise UnsupportedModuleError(
                             f"complex-step forward failed in module {where}: {err}"
                         ) from err
-                loss = self.weights[b] * _complex_loss(self.loss, outputs, y)
+                loss = self.weights[b] * elementary_loss(self.loss, outputs, y)
                 grads = torch.autograd.grad(
                     loss.real, zs, allow_unused=True, materialize_grads=True
                 )

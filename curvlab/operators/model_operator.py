@@ -78,6 +78,12 @@ class ModelCurvatureOperator(CurvatureOperator):
         self.model = model
         self.loss = loss_adapter(loss_fn)
         self.batches = list(iter_batches(data))
+        for i, (x, _) in enumerate(self.batches):
+            if x.is_floating_point() and x.dtype != dtype:
+                raise TypeError(
+                    f"batch {i}: inputs are {x.dtype} but {type(model).__qualname__}'s parameters are {dtype}; "
+                    "convert one of them (e.g. model.double() and inputs.double())"
+                )
         self.param_names = tuple(n for n, _ in named)
         self.params = tuple(p.detach().clone() for _, p in named)
         self._buffers = {n: b.detach().clone() for n, b in model.named_buffers()}

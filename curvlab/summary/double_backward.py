@@ -22,11 +22,30 @@ __all__ = ["double_backward_terms"]
 
 
 def double_backward_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: torch.Tensor) -> BatchTerms:
-    """ḡ_b, H̄_b (and D³_b) of one batch by repeated backward passes (see the module docstring)."""
+    """ḡ_b [S], H̄_b [S, S] (and D³_b [S]) of one batch by repeated backward passes (module docstring).
+
+    Example:
+        >>> from torch import nn
+        >>> from curvlab.losses import loss_adapter
+        >>> from curvlab.partition import Partition
+        >>> from curvlab.summary.problem import SummaryCurvature, SummaryProblem
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+        >>> part = Partition.from_model(model)
+        >>> u = torch.linspace(-1, 1, part.num_params, dtype=torch.float64)
+        >>> problem = SummaryProblem.build(model, loss_adapter(nn.MSELoss()), part, u, SummaryCurvature.HESSIAN, 3)
+        >>> x, y = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+        >>> from curvlab.reference import gradient, hessian
+        >>> terms = double_backward_terms(problem, x, y)
+        >>> U = torch.zeros(13, 4, dtype=torch.float64)               # U[p, group(p)] = u_p
+        >>> U[torch.arange(13), part.group_ids()] = u
+        >>> H = hessian(model, nn.MSELoss(), x, y)
+        >>> torch.allclose(terms.hbar, U.T @ H @ U), torch.allclose(terms.gbar, U.T @ gradient(model, nn.MSELoss(), x, y))
+        (True, True)
+    """
     s = problem.num_groups
     leaves = [p.clone().requires_grad_(True) for p in problem.params]
     with torch.enable_grad():
-        out = functional_call(problem.model, dict(zip(problem.names, leaves)), (inputs,))
+        out = functional_call(problem.model, dict(zip(problem.names, leaves, strict=True)), (inputs,))
         loss = problem.adapter(out, targets)
         z = problem.adapter.normalizer(out)
         grads = torch.autograd.grad(loss, leaves, create_graph=True)
@@ -36,7 +55,7 @@ def double_backward_terms(problem: SummaryProblem, inputs: torch.Tensor, targets
             hbar = _ggn(problem, leaves, out, z)
         else:
             for i in range(s):
-                later = _touching(problem, lambda g: g >= i)
+                later = _touching(problem, lambda g, i=i: g >= i)
                 row = _group_dots(problem, _grad(gbar[i], [leaves[k] for k in later], False), later)
                 values = torch.stack(row[i:]).detach()
                 hbar[i, i:] = values
@@ -45,7 +64,7 @@ def double_backward_terms(problem: SummaryProblem, inputs: torch.Tensor, targets
         if problem.order == 3:
             d3 = torch.zeros(s, dtype=problem.dtype, device=out.device)
             for i in range(s):
-                mine = _touching(problem, lambda g: g == i)
+                mine = _touching(problem, lambda g, i=i: g == i)
                 own = [leaves[k] for k in mine]
                 h_ii = _group_dots(problem, _grad(gbar[i], own, True), mine)[i]
                 d3[i] = _group_dots(problem, _grad(h_ii, own, False), mine)[i].detach()
@@ -66,7 +85,7 @@ def _grad(value: torch.Tensor, inputs: Sequence[torch.Tensor], create_graph: boo
     if not value.requires_grad:  # value does not depend on these parameters (e.g. a quadratic loss)
         return [torch.zeros_like(t) for t in inputs]
     grads = torch.autograd.grad(value, inputs, retain_graph=True, create_graph=create_graph, allow_unused=True)
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs, strict=True)]
 
 
 def _group_dots(problem: SummaryProblem, tensors: Sequence[torch.Tensor], which: Sequence[int]) -> list[torch.Tensor]:
@@ -77,7 +96,7 @@ def _group_dots(problem: SummaryProblem, tensors: Sequence[torch.Tensor], which:
     """
     zero = torch.zeros((), dtype=problem.dtype, device=problem.params[0].device)
     out = [zero] * problem.num_groups
-    for t, k in zip(tensors, which):
+    for t, k in zip(tensors, which, strict=True):
         g, u = problem.groups[k], problem.directions[k]
         if isinstance(g, int):
             out[g] = out[g] + (t * u).sum()

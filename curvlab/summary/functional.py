@@ -22,7 +22,23 @@ __all__ = ["functional_terms", "third_derivative"]
 
 
 def functional_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: torch.Tensor) -> BatchTerms:
-    """ḡ_b, H̄_b (and D³_b) of one batch by torch.func (see the module docstring)."""
+    """ḡ_b [S], H̄_b [S, S] (and D³_b [S]) of one batch by torch.func (see the module docstring).
+
+    Example:
+        >>> from torch import nn
+        >>> from curvlab.losses import loss_adapter
+        >>> from curvlab.partition import Partition
+        >>> from curvlab.summary.problem import SummaryCurvature, SummaryProblem
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+        >>> part = Partition.from_model(model)
+        >>> u = torch.linspace(-1, 1, part.num_params, dtype=torch.float64)
+        >>> problem = SummaryProblem.build(model, loss_adapter(nn.MSELoss()), part, u, SummaryCurvature.HESSIAN, 3)
+        >>> x, y = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+        >>> from curvlab.summary.double_backward import double_backward_terms
+        >>> terms, ref = functional_terms(problem, x, y), double_backward_terms(problem, x, y)
+        >>> torch.allclose(terms.hbar, ref.hbar) and torch.allclose(terms.d3, ref.d3)
+        True
+    """
     s, dtype, device = problem.num_groups, problem.dtype, problem.params[0].device
     eta0 = torch.zeros(s, dtype=dtype, device=device)
     units = torch.eye(s, dtype=dtype, device=device)

@@ -46,14 +46,26 @@ Jets = list[torch.Tensor | None]
 
 # ------------------------------------------------------------------------------------- affine layers
 def affine_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """A(x, W) + b in one call (the bias fused into the product)."""
+    """A(x, W) + b in one call (the bias fused into the product), [N, out...].
+
+    Example:
+        >>> layer, x = nn.Linear(3, 2), torch.randn(4, 3)
+        >>> torch.allclose(affine_forward(layer, x, layer.weight, layer.bias), layer(x))
+        True
+    """
     if isinstance(module, nn.Linear):
         return F.linear(x, weight, bias)
     return module._conv_forward(x, weight, bias)
 
 
 def affine_linear_part(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A(x, W), the layer without bias; x may carry extra leading dimensions (folded into the batch)."""
+    """A(x, W), the layer without bias; x [..., N, in...] may carry extra leading dimensions.
+
+    Example:
+        >>> conv, x = nn.Conv1d(2, 3, 3), torch.randn(5, 4, 2, 7)      # 5 tangents of a batch of 4
+        >>> affine_linear_part(conv, x, conv.weight).shape
+        torch.Size([5, 4, 3, 5])
+    """
     if isinstance(module, nn.Linear):
         return F.linear(x, weight)
     lead = x.shape[: x.ndim - module.weight.ndim + 1]  # conv input is [N, C, *spatial]
@@ -62,14 +74,25 @@ def affine_linear_part(module: nn.Module, x: torch.Tensor, weight: torch.Tensor)
 
 
 def bias_term(module: nn.Module, bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The bias broadcast to the output shape ``like`` (channel dimension 1 for convolutions)."""
+    """The bias broadcast to the output shape ``like`` (channel dimension 1 for convolutions).
+
+    Example:
+        >>> bias_term(nn.Conv2d(1, 2, 1), torch.tensor([1.0, 2.0]), torch.zeros(1, 2, 1, 1)).flatten().tolist()
+        [1.0, 2.0]
+    """
     if isinstance(module, nn.Linear):
         return bias.expand_as(like)
     return bias.reshape(-1, *[1] * (module.weight.ndim - 2)).expand_as(like)
 
 
 def affine_pullback(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, cotangent: torch.Tensor):
-    """A(·, W)ᵀλ, the adjoint of the linear part in the input, shaped like x."""
+    """A(·, W)ᵀλ, the adjoint of the linear part in the input, shaped like x.
+
+    Example:
+        >>> layer, lam = nn.Linear(3, 2), torch.randn(4, 2)
+        >>> torch.allclose(affine_pullback(layer, torch.zeros(4, 3), layer.weight, lam), lam @ layer.weight)
+        True
+    """
     if isinstance(module, nn.Linear):
         return cotangent @ weight
     return vjp(lambda xx: affine_linear_part(module, xx, weight), x)[1](cotangent)[0]
@@ -122,7 +145,14 @@ ELEMENTWISE_RULES: dict[type, Callable[[torch.Tensor, int], tuple[torch.Tensor, 
 
 
 def elementwise_push(jets: Jets, d: Elementwise) -> Jets:
-    """Jets through y = σ(x) given σ', σ'', σ''' at x (chain rule; Faà di Bruno for three orders)."""
+    """Jets [A, ...] through y = σ(x) given σ', σ'', σ''' at x (chain rule; Faà di Bruno for 3 orders).
+
+    Example:
+        >>> x = torch.zeros(1, 1)
+        >>> _, d = ELEMENTWISE_RULES[nn.Tanh](x, 3)     # tanh' = 1, tanh'' = 0, tanh''' = −2 at 0
+        >>> [j.item() + 0.0 for j in elementwise_push([torch.ones(1, 1, 1), None, None], d)]
+        [1.0, 0.0, -2.0]
+    """
     d1, d2, d3 = d.d1, d.d2, d.d3
     j1 = jets[0]
     if len(jets) == 1:
@@ -169,7 +199,13 @@ def taylor3(fn, x: torch.Tensor, jets: torch.Tensor) -> torch.Tensor:
 
 
 def generic_push(module: nn.Module, x: torch.Tensor, jets: Jets | None):
-    """``(module(x), jets through it)`` by torch.func, for any parameter-free stage."""
+    """``(module(x), jets through it)`` by torch.func, for any parameter-free stage.
+
+    Example:
+        >>> y, jets = generic_push(nn.Softplus(), torch.zeros(1), [torch.ones(1, 1)])
+        >>> jets[0].item()                                    # softplus'(0) = 1/2
+        0.5
+    """
     if jets is None:
         return module(x), None
     if len(jets) == 1:
@@ -184,7 +220,13 @@ def _stack(jets: Jets) -> torch.Tensor:
 
 
 def generic_pullback(module: nn.Module, x: torch.Tensor, first: torch.Tensor, cotangent: torch.Tensor):
-    """``(Dσ(x)ᵀλ, [A, ...] second-order pullbacks d/dε Dσ(x + ε ẋ^s)ᵀλ)`` by forward-over-``vjp``."""
+    """``(Dσ(x)ᵀλ, [A, ...] second-order pullbacks d/dε Dσ(x + ε ẋ^s)ᵀλ)`` by forward-over-``vjp``.
+
+    Example:
+        >>> lam_x, second = generic_pullback(nn.Softplus(), torch.zeros(1), torch.ones(1, 1), torch.ones(1))
+        >>> lam_x.item(), second.item()                       # softplus'(0) = 1/2, softplus''(0) = 1/4
+        (0.5, 0.25)
+    """
 
     def pull(xx):
         return vjp(module, xx)[1](cotangent)[0]
@@ -200,6 +242,12 @@ def loss_third_order(adapter, outputs: torch.Tensor, targets: torch.Tensor, jets
 
     with ℓ''' = 0 (MSE), Σ_c p_c (v_c − v̄)³ (cross-entropy: the third central moment of v under
     p = softmax f) or Σ_d σ(1−σ)(1−2σ) v_d³ (BCE); any other adapter falls back to nested ``jvp``.
+
+    Example:
+        >>> from curvlab.losses import loss_adapter
+        >>> f, v = torch.zeros(1, 1), torch.ones(1, 1, 1)   # MSE ‖f + t v + t² v/2 − y‖²: 3·2·v·v
+        >>> loss_third_order(loss_adapter(nn.MSELoss()), f, torch.zeros(1, 1), [v, v, None]).item()
+        6.0
     """
     from curvlab.losses import BCEWithLogitsAdapter, CrossEntropyAdapter, MSEAdapter
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import vmap
 
 from curvlab.summary import layer_rules as rules
 from curvlab.summary.problem import SummaryCurvature, SummaryProblem
@@ -47,7 +46,21 @@ class Stage:
 
 
 def layered_stages(problem: SummaryProblem) -> list[Stage]:
-    """The leaves of the (nested) ``nn.Sequential`` with the problem's parameter indices they own."""
+    """The leaves of the (nested) ``nn.Sequential`` with the problem's parameter indices they own.
+
+    Example:
+        >>> from torch import nn
+        >>> from curvlab.losses import loss_adapter
+        >>> from curvlab.partition import Partition
+        >>> from curvlab.summary.problem import SummaryCurvature, SummaryProblem
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+        >>> part = Partition.from_model(model)
+        >>> u = torch.linspace(-1, 1, part.num_params, dtype=torch.float64)
+        >>> problem = SummaryProblem.build(model, loss_adapter(nn.MSELoss()), part, u, SummaryCurvature.HESSIAN, 3)
+        >>> x, y = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+        >>> [(type(s.module).__name__, s.own) for s in layered_stages(problem)][:2]
+        [('Linear', (('weight', 0), ('bias', 1))), ('Tanh', ())]
+    """
     index = {name: k for k, name in enumerate(problem.names)}
     stages: list[Stage] = []
 
@@ -69,7 +82,21 @@ def layered_stages(problem: SummaryProblem) -> list[Stage]:
 
 
 def unsupported_reason(problem: SummaryProblem) -> str | None:
-    """Why the layered route cannot take ``problem`` (``None`` if it can)."""
+    """Why the layered route cannot take ``problem`` (``None`` if it can).
+
+    Example:
+        >>> from torch import nn
+        >>> from curvlab.losses import loss_adapter
+        >>> from curvlab.partition import Partition
+        >>> from curvlab.summary.problem import SummaryCurvature, SummaryProblem
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+        >>> part = Partition.from_model(model)
+        >>> u = torch.linspace(-1, 1, part.num_params, dtype=torch.float64)
+        >>> problem = SummaryProblem.build(model, loss_adapter(nn.MSELoss()), part, u, SummaryCurvature.HESSIAN, 3)
+        >>> x, y = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+        >>> unsupported_reason(problem) is None
+        True
+    """
     if not isinstance(problem.model, nn.Sequential):
         return f"the model is a {type(problem.model).__qualname__}, not an nn.Sequential"
     if not all(isinstance(g, int) for g in problem.groups):
@@ -92,7 +119,23 @@ class _Record:
 
 
 def layered_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: torch.Tensor) -> BatchTerms:
-    """ḡ_b, H̄_b (and D³_b) of one batch through the layers (see the module docstring)."""
+    """ḡ_b [S], H̄_b [S, S] (and D³_b [S]) of one batch through the layers (see the module docstring).
+
+    Example:
+        >>> from torch import nn
+        >>> from curvlab.losses import loss_adapter
+        >>> from curvlab.partition import Partition
+        >>> from curvlab.summary.problem import SummaryCurvature, SummaryProblem
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+        >>> part = Partition.from_model(model)
+        >>> u = torch.linspace(-1, 1, part.num_params, dtype=torch.float64)
+        >>> problem = SummaryProblem.build(model, loss_adapter(nn.MSELoss()), part, u, SummaryCurvature.HESSIAN, 3)
+        >>> x, y = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+        >>> from curvlab.summary.double_backward import double_backward_terms
+        >>> fast, ref = layered_terms(problem, x, y), double_backward_terms(problem, x, y)
+        >>> torch.allclose(fast.hbar, ref.hbar) and torch.allclose(fast.d3, ref.d3), fast.normalizer
+        (True, 4)
+    """
     with torch.no_grad():
         return _layered_terms(problem, inputs, targets)
 

@@ -68,7 +68,8 @@ def grouped_newton_summary(
             ``model.parameters()``; default: the gradient of L on ``data``.
         partition: a kind of :class:`curvlab.partition.Partition` (``"canonical"``, ``"layer"``,
             ``"trivial"``, ``"blocks-k"``, ``"entries"``), a mapping, or a ``Partition``.
-        curvature: ``"hessian"`` or ``"ggn"`` (H̄ = (JU)ᵀ H_out (JU) / Z).
+        curvature: ``"hessian"`` or ``"ggn"`` (H̄ = (JU)ᵀ H_out (JU) / Z). ḡ and D³ are always the
+            loss's own derivatives.
         order: 2 (ḡ, H̄) or 3 (also D³).
         method: ``"auto"``, ``"layered"``, ``"functional"`` or ``"double_backward"`` (:class:`SummaryMethod`).
 
@@ -155,7 +156,7 @@ def gradient_direction(model: nn.Module, adapter: LossAdapter, batches: Iterable
         g = grad(loss)(params, inputs, targets)
         w = float(z) if adapter.reduction == "mean" else 1.0
         g = [w * g[n] for n, _ in named]
-        total = g if total is None else [a + b for a, b in zip(total, g)]
+        total = g if total is None else [a + b for a, b in zip(total, g, strict=True)]
         normalizer += z
     if total is None:
         raise ValueError("data holds no batches")

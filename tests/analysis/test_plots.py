@@ -72,7 +72,7 @@ def test_curves():
     fig = plots.plot_metric_curves(ds, ["rel_frobenius_error", "decrease_ratio"])
     assert [ax.get_xlabel() for ax in fig.axes] == ["training step"] * 2
     assert fig.axes[0].get_yscale() == "log"
-    assert fig.axes[1].get_ylabel() == "decrease ratio"
+    assert fig.axes[1].get_ylabel() == "decrease ratio" and fig.axes[1].get_yscale() == "symlog"
     fig = plots.plot_damping_curves(ds)
     assert fig.axes[0].get_xlabel() == "damping λ"
     with pytest.raises(ValueError, match="step"):

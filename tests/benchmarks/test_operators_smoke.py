@@ -12,7 +12,8 @@ def test_operator_benchmark_quick_runs(capsys):
     results = dict(main(["--quick", "--repeats", "1"]))
     out = capsys.readouterr().out
     assert "threads=" in out and "curvlab GGN-vp (cached)" in results
-    assert {"curvlab HVP double backward (cached)", "curvlab HVP forward-over-reverse"} <= set(
-        results
-    )
+    assert {
+        "curvlab HVP double backward (cached)",
+        "curvlab HVP forward-over-reverse (cached)",
+    } <= set(results)
     assert all(math.isfinite(r) and r > 0 for r in results.values())

@@ -74,3 +74,22 @@ def test_two_gloo_processes_equal_one_process_on_all_data(tmp_path):
         for q in DIST_QUANTITIES:
             want = single[q].dense()
             assert torch.allclose(got[q], want, atol=1e-12 * want.abs().max(), rtol=1e-10), (rank, q)
+
+
+def test_result_mid_stream_is_kept_and_later_batches_still_combine_exactly():
+    from curvlab.engine import CurvatureHooks
+
+    model, loss_fn, x, y = CASES["mlp-tanh-mse"].build(batch_size=6)
+    quantities = ["ggn", "diag_ggn", "kflr"]
+    with CurvatureHooks(model, loss_fn, quantities) as hooks:
+        model(x[:2])
+        early = hooks.result()
+        snapshot = {q: early[q].dense().clone() for q in quantities}
+        model(x[2:])
+    late = hooks.result()
+    whole = compute(model, loss_fn, (x, y), quantities, progress=False)
+    first = compute(model, loss_fn, (x[:2], y[:2]), quantities, progress=False)
+    for q in quantities:
+        assert torch.equal(early[q].dense(), snapshot[q]), q  # untouched by the later batch
+        assert torch.allclose(early[q].dense(), first[q].dense(), atol=1e-13), q
+        assert torch.allclose(late[q].dense(), whole[q].dense(), atol=1e-13), q

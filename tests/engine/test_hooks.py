@@ -7,12 +7,21 @@ import torch
 from torch import nn
 
 import curvlab
-
 from curvlab import reference
 from curvlab.engine import CurvatureHooks, compute
 from curvlab.errors import NonFiniteError, UnsupportedLossError, UnsupportedModuleError
-from tests.cases import CASES
 from tests.engine.engine_cases import ENGINE_CASES
+
+
+class _Functional(nn.Module):
+    """A forward with a functional operation between modules: refused (the rules cannot see it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(2, 2), nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x)))
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -57,11 +66,17 @@ def test_gradient_quantities_need_a_backward_pass():
     assert _hook_count(model) == 0
 
 
-def test_ekfac_hooks_need_a_basis():
+def test_ekfac_hooks_need_kflr_factors_and_then_match_compute():
     model, loss_fn, x, y = ENGINE_CASES[0].build()
-    with pytest.raises(ValueError, match="eigenbasis"):
+    with pytest.raises(ValueError, match="needs the KFLR factors of layer '2'"):
         with CurvatureHooks(model, loss_fn, ["ekfac"]):
             model(x)
+    kflr = compute(model, loss_fn, (x, y), "kflr", progress=False)["kflr"]
+    factors = {name: (layer.A, layer.G) for name, layer in kflr.layers.items()}
+    with CurvatureHooks(model, loss_fn, ["ekfac"], ekfac_factors=factors) as hooks:
+        model(x)
+    want = compute(model, loss_fn, (x, y), "ekfac", progress=False)["ekfac"].dense()
+    assert torch.allclose(hooks.result()["ekfac"].dense(), want, atol=1e-13)
 
 
 @pytest.mark.parametrize(
@@ -73,9 +88,9 @@ def test_ekfac_hooks_need_a_basis():
         (nn.Sequential(nn.Linear(2, 2), nn.ReLU(inplace=True)), r"'1' \(ReLU\) is in-place"),
         (nn.Sequential(nn.Conv2d(1, 1, 2, groups=1, padding_mode="circular")), r"'0' \(Conv2d\).*circular"),
         (nn.Linear(2, 2), "wrap it in nn.Sequential"),
-        (CASES[-1].model(), r"Residual is not a chain of modules: node 'add'"),
+        (_Functional(), r"_Functional: node 'relu' \(call_function relu\) is not supported"),
     ],
-    ids=["lstm", "bn-train", "dropout-train", "inplace", "circular", "bare", "residual"],
+    ids=["lstm", "bn-train", "dropout-train", "inplace", "circular", "bare", "functional"],
 )
 def test_unsupported_modules_are_named_before_any_forward(model, match):
     with pytest.raises(UnsupportedModuleError, match=match):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from curvlab import reference
-from curvlab.errors import CurvlabError, CurvlabWarning, MemoryBudgetError
+from curvlab.errors import CurvlabError, CurvlabWarning, MemoryBudgetError, UnsupportedLossError
 from curvlab.guards import memory_budget
 from curvlab.operators import (
     ComplexStepHessianOperator,
@@ -246,3 +246,15 @@ def test_vectorised_and_column_loop_products_agree(method):
         assert op.__dict__.get("_vectorize", True)  # vmap handled the model
         op._vectorize = False
         torch.testing.assert_close(op @ v, batched, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_inputs_are_named():
+    model, loss_fn, x, y = CASES[0].build()
+    with pytest.raises(TypeError, match="batch 1: inputs are torch.float32"):
+        GGNOperator(model, loss_fn, [(x, y), (x.float(), y)])
+    with pytest.raises(UnsupportedLossError, match="CrossEntropyLoss"):
+        GGNOperator(model, loss_fn, (x, y[:-1]))
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        GGNOperator(lambda t: t, loss_fn, (x, y))
+    with pytest.raises(ValueError, match="at least one group"):
+        GGNOperator(model, loss_fn, (x, y)).restrict([])

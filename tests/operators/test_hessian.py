@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from curvlab import reference
-from curvlab.operators import HessianOperator, HVPMethod
+from curvlab.errors import CurvlabWarning
+from curvlab.operators import GGNOperator, HessianOperator, HVPMethod
 from tests.cases import CASES
 
 METHODS = list(HVPMethod)
@@ -54,3 +55,36 @@ def test_snapshot_is_independent_of_later_model_changes():
             p.add_(1.0)
     torch.testing.assert_close(op @ v, first, rtol=0, atol=0)
     torch.testing.assert_close(first, before @ v, rtol=1e-9, atol=1e-11)
+
+
+class _DataDependent(nn.Module):
+    """Python control flow on tensor values: cannot be traced by torch.func.linearize."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+
+    def forward(self, x):
+        out = torch.tanh(self.layer(x))
+        return out if float(out.sum()) > -1e9 else -out
+
+
+def test_untraceable_model_falls_back_with_a_warning():
+    torch.manual_seed(0)
+    model = _DataDependent().double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    v = torch.randn(8, dtype=torch.float64)
+    hessian_v = reference.hessian(model, nn.MSELoss(), x, y) @ v
+    ggn_v = GGNOperator(model, nn.MSELoss(), (x, y), cache=False) @ v  # no tracing involved
+    for make, expected in (
+        (
+            lambda: HessianOperator(model, nn.MSELoss(), (x, y), method="forward_over_reverse"),
+            hessian_v,
+        ),
+        (lambda: GGNOperator(model, nn.MSELoss(), (x, y)), ggn_v),
+    ):
+        op = make()
+        with pytest.warns(CurvlabWarning, match="linearize failed"):
+            first = op @ v
+        torch.testing.assert_close(first, expected, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(op @ v, expected, rtol=1e-9, atol=1e-11)

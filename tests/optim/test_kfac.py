@@ -107,3 +107,13 @@ def test_bad_hyperparameters(kw, name):
     model, loss_fn, _, _ = _mlp()
     with pytest.raises(HyperparameterError, match=name):
         KFAC(model, loss_fn, **kw)
+
+
+@pytest.mark.parametrize("curvature", ["kflr", "ekfac"])
+def test_decreases_loss_on_shared_sequential_cases(sequential_case, curvature):
+    model, loss_fn, x, y = sequential_case.build(batch_size=16)
+    opt = KFAC(model, loss_fn, curvature=curvature, damping=1e-2)
+    losses = [float(opt.step(x, y)) for _ in range(6)]
+    with torch.no_grad():
+        final = float(loss_fn(model(x), y))
+    assert final < losses[0], (sequential_case.name, losses, final)

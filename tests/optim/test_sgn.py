@@ -137,3 +137,12 @@ def test_non_finite_loss_after_the_step_restores_parameters_and_raises_damping()
     assert opt.statistics()["rejected"] == 1.0 and opt.param_groups[0]["damping"] == pytest.approx(1.5e-4)
     for p, q in zip(before, model.parameters(), strict=True):
         assert torch.equal(p, q.detach())
+
+
+def test_decreases_loss_on_shared_cases(case):
+    model, loss_fn, x, y = case.build(batch_size=16)
+    opt = SGN(model, loss_fn, cg_iters=5)
+    losses = [float(opt.step(x, y)) for _ in range(4)]
+    with torch.no_grad():
+        final = float(loss_fn(model(x), y))
+    assert final < losses[0], (case.name, losses, final)

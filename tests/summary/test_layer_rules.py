@@ -70,7 +70,7 @@ def test_generic_push_agrees_with_the_closed_form():
     y, generic = rules.generic_push(nn.Tanh(), x, jets)
     closed = rules.elementwise_push(jets, d)
     torch.testing.assert_close(y, torch.tanh(x))
-    for a, b in zip(generic, closed):
+    for a, b in zip(generic, closed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 

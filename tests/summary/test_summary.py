@@ -12,7 +12,12 @@ from torch import nn
 from curvlab.errors import PartitionError, UnsupportedModuleError
 from curvlab.partition import Partition
 from curvlab.reference import ggn, gradient, hessian
-from curvlab.summary import GroupedNewtonSummary, SummaryMethod, grouped_newton_summary, newton_summary_step
+from curvlab.summary import (
+    GroupedNewtonSummary,
+    SummaryMethod,
+    grouped_newton_summary,
+    newton_summary_step,
+)
 from tests.cases import CASES
 from tests.summary.helpers import METHODS, d3_finite_differences, dense_u
 
@@ -95,8 +100,8 @@ def test_summaries_of_a_polynomial_model_are_its_exact_derivatives(kind):
     part = Partition.from_model(Polynomial(), kind)
     group_of = part.group_ids().tolist()  # entries of (a0, a1, b) -> group
     eta = sympy.symbols(f"e0:{part.num_groups}")
-    a0, a1, b = (t + e * v for t, v, e in zip(theta, u, [eta[g] for g in group_of]))
-    phi = sum((xn[0] * a0 * a1 + xn[1] * b**2 + a1**3 - yn) ** 2 for xn, yn in zip(xs, ys))
+    a0, a1, b = (t + e * v for t, v, e in zip(theta, u, [eta[g] for g in group_of], strict=True))
+    phi = sum((xn[0] * a0 * a1 + xn[1] * b**2 + a1**3 - yn) ** 2 for xn, yn in zip(xs, ys, strict=True))
     at0 = dict.fromkeys(eta, 0)
 
     def value(expr):

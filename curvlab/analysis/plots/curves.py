@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import xarray as xr
 from matplotlib.ticker import MaxNLocator
 
@@ -39,6 +40,19 @@ _LABELS = {
     "step_cosine": "cosine to exact damped step",
     "decrease_ratio": "decrease ratio",
 }
+
+
+def _axis_scale(ax, metric: str, values=None) -> None:
+    """Log axis for errors; for the decrease ratio (1 is perfect, unbounded below) a symlog axis that stays
+    linear in [−1, 1], with the perfect value marked."""
+    if metric in _LOG_METRICS:
+        ax.set_yscale("log")
+    elif metric == "decrease_ratio":
+        ax.set_yscale("symlog", linthresh=1.0)
+        top = float(np.nanmax(values)) if values is not None and np.isfinite(values).any() else 1.0
+        ax.set_ylim(top=max(1.5, 1.2 * top))
+    if metric in ("decrease_ratio", "step_cosine", "cosine_similarity", "eigenspace_overlap"):
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
 
 
 def _series(ds: xr.Dataset, metric: str, block: str, damping: float | None) -> xr.DataArray:
@@ -70,8 +84,7 @@ def plot_metric_curves(ds: xr.Dataset, metrics: Sequence[str] = ("rel_frobenius_
         ax.set_xlabel("training step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(_LABELS.get(metric, metric))
-        if metric in _LOG_METRICS:
-            ax.set_yscale("log")
+        _axis_scale(ax, metric, series.values)
         ax.set_title(f"{metric} (block {block}" + (f", λ={damping:g})" if metric in ("step_cosine", "decrease_ratio")
                                                     and damping is not None else ")"))
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -100,6 +113,7 @@ def plot_damping_curves(ds: xr.Dataset, metrics: Sequence[str] = ("step_cosine",
         ax.set_xscale("log")
         ax.set_xlabel("damping λ")
         ax.set_ylabel(_LABELS.get(metric, metric))
+        _axis_scale(ax, metric, series.values)
         ax.set_title(f"{metric} (block {block})")
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:

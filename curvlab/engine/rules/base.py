@@ -91,6 +91,17 @@ class ModuleRule:
         """The residual Σ_k g_k ∇²_x y_k when it is diagonal (elementwise modules), [N, *in], else ``None``."""
         return None
 
+    def backprop_scaled_rows(
+        self, record: Record, rows: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Jᵀ of a factor V_nk = rows_k ⊙ scale_n kept in that form ([K, *out], [N, *out]), or ``None``
+        when the module mixes features (then the engine materialises V)."""
+        return None
+
+    def shared_jacobian_rows(self, record: Record) -> torch.Tensor | None:
+        """The Jacobian rows [Do, *in] when they are the same for every sample (``None`` otherwise)."""
+        return None
+
     def jacobian_rows(self, record: Record) -> torch.Tensor:
         """Jᵀ applied to every unit vector at the output: [N, Do, *in] (row j is ∂y_j/∂x)."""
         num, d_out = record.outputs.shape[0], record.outputs[0].numel()
@@ -177,6 +188,12 @@ class ParameterRule(ModuleRule):
         if weights is not None:
             squared = squared * weights[..., None]
         return squared.sum((0, 1))
+
+    def signed_diag_scaled_rows(
+        self, record: Record, rows: torch.Tensor, scale: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`signed_diag` of the factor V_nk = rows_k ⊙ scale_n ([K, *out], [N, *out])."""
+        return self.signed_diag(record, rows.unsqueeze(0) * scale.unsqueeze(1), weights)
 
     def diag_from_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor:
         """diag Σ_n Jθ,nᵀ diag(d_n) Jθ,n for d [N, *out], [P_layer]."""

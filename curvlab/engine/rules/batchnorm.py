@@ -60,6 +60,9 @@ class BatchNormRule(ParameterRule):
     def backprop_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor:
         return diag * self._scale(record).pow(2)
 
+    def backprop_scaled_rows(self, record, rows, scale):
+        return rows, scale * self._scale(record)
+
     def param_factor(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
         positions = tuple(range(3, factor.ndim))
         parts = []

@@ -97,6 +97,9 @@ class ElementwiseRule(ModuleRule):
     def backprop_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor:
         return diag * self._derivs(record)[0].pow(2)
 
+    def backprop_scaled_rows(self, record, rows, scale):
+        return rows, scale * self._derivs(record)[0]
+
     def second_derivative_diagonal(self, record: Record) -> torch.Tensor | None:
         d2 = self._derivs(record)[1]
         if d2 is None:

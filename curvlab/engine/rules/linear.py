@@ -90,6 +90,14 @@ class LinearRule(ParameterRule):
         weight = record.module.weight.detach()
         return weight.expand(record.inputs.shape[0], *weight.shape)
 
+    def shared_jacobian_rows(self, record: Record) -> torch.Tensor:
+        return record.module.weight.detach()
+
+    def signed_diag_scaled_rows(self, record, rows, scale, weights):
+        # Σ_k w_nk (rows_kj scale_nj)² = scale_nj² (w @ rows²)_nj: no [N, K, D] tensor
+        per_sample = scale.pow(2) * (weights @ rows.pow(2))
+        return self._diag_from(record, per_sample, per_sample.sum(0))
+
     def _diag_from(self, record: Record, per_sample: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         parts = []
         names = self.trainable(record.module)

@@ -39,6 +39,9 @@ class IdentityRule(ModuleRule):
     def backprop_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor:
         return diag.reshape(diag.shape[0], *record.in_shape)
 
+    def backprop_scaled_rows(self, record, rows, scale):
+        return rows.reshape(rows.shape[0], *record.in_shape), scale.reshape(scale.shape[0], *record.in_shape)
+
     def kfra_backprop(self, record: Record, gbar: torch.Tensor) -> torch.Tensor:
         return gbar
 

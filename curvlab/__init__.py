@@ -52,6 +52,7 @@ _PUBLIC: dict[str, str] = {
     "compute": "curvlab.engine",
     "Curvature": "curvlab.engine",
     "CurvatureHooks": "curvlab.engine",
+    "Quantity": "curvlab.engine",
     # GroupedNewton summaries
     "grouped_newton_summary": "curvlab.summary",
     "GroupedNewtonSummary": "curvlab.summary",

@@ -10,7 +10,6 @@ A file without ``curvlab_kind`` (or any file with ``raw=True``) loads as the pla
 The file schema is documented in ``docs/export-schema.md``.
 
 Example:
-    >>> import pytest; _ = pytest.importorskip("h5py")  # h5netcdf's HDF5 backend (skip if missing)
     >>> import tempfile, pathlib, torch, torch.nn as nn
     >>> from curvlab.partition import Partition
     >>> from curvlab.repr import DiagonalCurvature
@@ -47,6 +46,8 @@ KINDS: Mapping[str, str] = {
     "kronecker_factors": "curvlab.repr.kronecker:KroneckerFactors",
     "kronecker": "curvlab.repr.kronecker_curvature:KroneckerCurvature",
     "summary_matrix": "curvlab.repr.summary:SummaryMatrix",
+    # results of layer-2 packages: named by string only, imported lazily when a file of that kind is loaded
+    "curvature": "curvlab.engine.result:Curvature",
 }
 
 _ENGINE = "h5netcdf"

@@ -102,8 +102,8 @@ def affine_pullback(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, co
 @dataclass(frozen=True)
 class Elementwise:
     """σ', σ'', σ''' of an elementwise stage at its input (``None``: zero or not needed), and
-    ``curvature``: given λσ' it returns (w, c) with λσ'' = c·w, so that the adjoint pass gets the
-    second-order term Σ c w ẋ^s ẋ^t from the product λσ' it needs anyway (no σ'' tensor)."""
+    ``curvature``: σ'' = c·g·σ' with a cheap g; given λ it returns (λ·g, c), so that the adjoint pass
+    forms Σ λσ'' ẋ^s ẋ^t = c Σ (λ·g) (σ'ẋ^s) ẋ^t from the tangents already pushed (no σ'' tensor)."""
 
     d1: torch.Tensor | None
     d2: torch.Tensor | None = None
@@ -118,7 +118,7 @@ def _tanh(x: torch.Tensor, need: int) -> tuple[torch.Tensor, Elementwise]:
     d1 = torch.addcmul(y.new_ones(()), y, y, value=-1)  # 1 − y²
     d2 = -2 * y * d1 if need >= 3 else None
     d3 = -2 * (d1 * d1 + y * d2) if need >= 3 else None
-    return y, Elementwise(d1, d2, d3, lambda ld1: (ld1 * y, -2.0))  # σ'' = −2 y σ'
+    return y, Elementwise(d1, d2, d3, lambda lam: (lam * y, -2.0))  # σ'' = −2 y σ'
 
 
 def _sigmoid(x: torch.Tensor, need: int) -> tuple[torch.Tensor, Elementwise]:
@@ -128,7 +128,8 @@ def _sigmoid(x: torch.Tensor, need: int) -> tuple[torch.Tensor, Elementwise]:
     d1 = torch.addcmul(y, y, y, value=-1)  # y − y²
     d2 = d1 * (1 - 2 * y) if need >= 3 else None
     d3 = d2 * (1 - 2 * y) - 2 * d1 * d1 if need >= 3 else None
-    return y, Elementwise(d1, d2, d3, lambda ld1: (torch.addcmul(ld1, ld1, y, value=-2), 1.0))
+    # σ'' = (1 − 2y) σ'
+    return y, Elementwise(d1, d2, d3, lambda lam: (torch.addcmul(lam, lam, y, value=-2), 1.0))
 
 
 def _relu(x: torch.Tensor, need: int) -> tuple[torch.Tensor, Elementwise]:

@@ -167,7 +167,8 @@ def _layered_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: torch
     residual = adapter.output_gradient(out, targets) / z  # λ = ∂L/∂f, [N, C]
     sub = torch.einsum("anc,ncd,bnd->ab", ft, adapter.output_hessian(out) / z, ft)
     if hessian:
-        sub = sub + _adjoint_terms(problem, stages, records, residual.reshape(out.shape), groups)
+        lam = residual.reshape(out.shape)
+        sub = sub + _adjoint_terms(problem, stages, records, lam, groups, jets[0])
     gbar = out.new_zeros(s).index_copy(0, act, torch.einsum("anc,nc->a", ft, residual))
     hbar = out.new_zeros(s, s)
     hbar[act[:, None], act[None, :]] = 0.5 * (sub + sub.T)
@@ -228,8 +229,11 @@ def _affine_stage(problem, stage, x, jets, groups, orders):
     return y, out
 
 
-def _adjoint_terms(problem, stages, records, lam, groups) -> torch.Tensor:
-    """Σ_k ⟨λ_k, D²F_k[ẋ^s, ẋ^t]⟩ over the active groups, [A, A] in the order of ``groups``."""
+def _adjoint_terms(problem, stages, records, lam, groups, final) -> torch.Tensor:
+    """Σ_k ⟨λ_k, D²F_k[ẋ^s, ẋ^t]⟩ over the active groups, [A, A] in the order of ``groups``.
+
+    ``final``: the first-order tangents of the output, [A, *f.shape].
+    """
     position = {g: i for i, g in enumerate(groups)}
     total = lam.new_zeros(len(groups), len(groups))
     for k in range(len(stages) - 1, -1, -1):
@@ -251,12 +255,12 @@ def _adjoint_terms(problem, stages, records, lam, groups) -> torch.Tensor:
             if wanted:
                 weight = {r: problem.params[i] for r, i in stage.own}.get("weight", m.weight)
                 lam = rules.affine_pullback(m, record.x, weight, lam)
-        elif record.derivs is not None:  # elementwise: Σ λσ'' ẋ^s ẋ^t, and λ σ'
-            lam_d1 = lam * record.derivs.d1
+        elif record.derivs is not None:  # elementwise: Σ λσ'' ẋ^s ẋ^t = c Σ (λg)(σ'ẋ^s) ẋ^t, and λσ'
             if record.derivs.curvature is not None:
-                w, c = record.derivs.curvature(lam_d1)
-                total[rows[:, None], rows[None, :]] += c * ((flat * w.flatten()) @ flat.T)
-            lam = lam_d1
+                scaled, c = record.derivs.curvature(lam)
+                pushed = (records[k + 1].first if k + 1 < len(records) else final).flatten(1)
+                total[rows[:, None], rows[None, :]] += c * ((pushed * scaled.flatten()) @ flat.T)
+            lam = lam * record.derivs.d1 if wanted else lam
         else:
             lam_in, second = rules.generic_pullback(m, record.x, record.first, lam)
             total[rows[:, None], rows[None, :]] += second.flatten(1) @ flat.T

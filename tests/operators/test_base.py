@@ -1,13 +1,9 @@
-"""The operator interface shared by all operators: restriction, blocks, scipy, dense, solve, export."""
-
-import functools
+"""The operator interface shared by all operators: scipy, dense, diagonal, solve, export, inputs, vmap."""
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from curvlab import reference
@@ -18,62 +14,16 @@ from curvlab.operators import (
     EmpiricalFisherOperator,
     GGNOperator,
     HessianOperator,
-    RestrictedOperator,
 )
 from tests.cases import CASES
 
 
 @pytest.fixture(scope="module")
 def hessian_case():
-    model, loss_fn, x, y = CASES[3].build(
-        batch_size=6
-    )  # mlp-tanh-mse-sum 3-4-4-2: P = 46, 6 groups
+    # mlp-tanh-mse-sum 3-4-4-2: P = 46, 6 groups
+    model, loss_fn, x, y = CASES[3].build(batch_size=6)
     op = HessianOperator(model, loss_fn, (x, y))
     return op, reference.hessian(model, loss_fn, x, y)
-
-
-def test_restriction_equals_sub_blocks(hessian_case):
-    op, dense = hessian_case
-    part = op.partition
-    for groups in (["2.weight"], ["0.weight", "4.bias"], ["4.bias", "0.weight"]):
-        sub = op.restrict(groups)
-        idx = part.restrict(groups)
-        assert isinstance(sub, RestrictedOperator) and sub.shape == (idx.numel(), idx.numel())
-        assert set(sub.partition.group_names) == set(groups)
-        torch.testing.assert_close(sub.dense(), dense[idx][:, idx], rtol=1e-9, atol=1e-11)
-    nested = op.restrict(["0.weight", "2.weight", "2.bias"]).restrict(["2.bias"])
-    idx = part.group("2.bias").indices
-    torch.testing.assert_close(nested.dense(), dense[idx][:, idx], rtol=1e-9, atol=1e-11)
-
-
-def test_restriction_of_entries_partition():
-    model, loss_fn, x, y = CASES[0].build()
-    op = GGNOperator(model, loss_fn, (x, y), partition="entries")
-    names = ["0.weight[3]", "2.bias[1]", "0.weight[0]"]
-    sub = op.restrict(names)
-    idx = op.partition.restrict(names)
-    torch.testing.assert_close(
-        sub.dense(), reference.ggn(model, loss_fn, x, y)[idx][:, idx], rtol=1e-9, atol=1e-11
-    )
-    assert sub.partition.num_params == 3
-
-
-def test_unknown_group_is_named(hessian_case):
-    op, _ = hessian_case
-    with pytest.raises(KeyError, match="9.weight"):
-        op.restrict(["9.weight"])
-
-
-def test_block_operator_equals_off_diagonal_block(hessian_case):
-    op, dense = hessian_case
-    rows, cols = op.partition.restrict(["4.weight"]), op.partition.restrict(["0.weight", "0.bias"])
-    blk = op.block_operator("4.weight", ["0.weight", "0.bias"])
-    torch.testing.assert_close(blk.dense(), dense[rows][:, cols], rtol=1e-9, atol=1e-11)
-    w = torch.randn(rows.numel(), dtype=torch.float64)
-    torch.testing.assert_close(blk.T @ w, dense[cols][:, rows] @ w, rtol=1e-9, atol=1e-11)
-    np.testing.assert_allclose(
-        blk.to_scipy().rmatvec(w.numpy()), (dense[cols][:, rows] @ w).numpy(), rtol=1e-9
-    )
 
 
 def test_scipy_wrapper(hessian_case):
@@ -174,29 +124,6 @@ def test_float32_products_and_provenance():
     assert (
         '"operator": "GGNOperator"' in op.attrs["config"] and '"cache": true' in op.attrs["config"]
     )
-
-
-@settings(max_examples=12, deadline=None)
-@given(
-    st.lists(
-        st.sampled_from(["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]),
-        min_size=1,
-        max_size=4,
-        unique=True,
-    )
-)
-def test_any_restriction_is_the_sub_block(groups):
-    op, dense = _shared_hessian()
-    idx = op.partition.restrict(groups)
-    torch.testing.assert_close(
-        op.restrict(groups).dense(), dense[idx][:, idx], rtol=1e-9, atol=1e-11
-    )
-
-
-@functools.cache
-def _shared_hessian():
-    model, loss_fn, x, y = CASES[3].build(batch_size=4)
-    return HessianOperator(model, loss_fn, (x, y)), reference.hessian(model, loss_fn, x, y)
 
 
 def test_export_over_budget_is_refused(hessian_case):

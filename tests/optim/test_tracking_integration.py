@@ -6,7 +6,7 @@ import torch
 
 from tests.optim.problems import OPTIMIZERS, PROBLEMS
 
-tracking = pytest.importorskip("curvlab.analysis.tracking")
+from curvlab.analysis import tracking
 
 
 @pytest.mark.parametrize("name", ["sgn", "newton-summary", "kfac-kflr", "acp"])

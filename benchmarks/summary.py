@@ -199,6 +199,13 @@ def print_report(report: dict) -> None:
             print(f"{block['order']:>5} {r['method']:>16} {r['wall_ms']:9.1f} {r['cpu_ms']:9.1f} "
                   f"{r['ratio_wall']:10.2f} {r['ratio_cpu']:9.2f} {r['wall_ms'] / meta['gradient_ms']:10.1f} "
                   f"{r['hbar_rel_diff']:15.1e} {d3:>9}")
+    for block in report["orders"]:
+        rows = {r["method"]: r for r in block["rows"]}
+        if FULL_HVPS in rows:
+            for m in (m for m in rows if m not in (REFERENCE, FULL_HVPS)):
+                print(f"order {block['order']}: {m} / {FULL_HVPS} = "
+                      f"{rows[m]['ratio_wall'] / rows[FULL_HVPS]['ratio_wall']:.2f} (wall), "
+                      f"{rows[m]['ratio_cpu'] / rows[FULL_HVPS]['ratio_cpu']:.2f} (cpu)")
     print(f"ratios: median over interleaved repetitions of time(method) / time({REFERENCE}); "
           "target <= 0.5 for order 2. Timings on a shared machine are noisy.")
 

@@ -57,6 +57,8 @@ _PUBLIC: dict[str, str] = {
     "grouped_newton_summary": "curvlab.summary",
     "GroupedNewtonSummary": "curvlab.summary",
     "newton_summary_step": "curvlab.summary",
+    "NewtonSummaryStep": "curvlab.summary",
+    "SingularSummaryError": "curvlab.summary",
     # matrix-free operators
     "HessianOperator": "curvlab.operators",
     "GGNOperator": "curvlab.operators",

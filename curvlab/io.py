@@ -48,6 +48,7 @@ KINDS: Mapping[str, str] = {
     "summary_matrix": "curvlab.repr.summary:SummaryMatrix",
     # results of layer-2 packages: named by string only, imported lazily when a file of that kind is loaded
     "curvature": "curvlab.engine.result:Curvature",
+    "grouped_newton_summary": "curvlab.summary.result:GroupedNewtonSummary",
 }
 
 _ENGINE = "h5netcdf"

@@ -161,6 +161,9 @@ def newton_summary_step(
     except torch.linalg.LinAlgError:  # exactly singular at x0: step right, as the reference does
         x0 *= 1.001
         f_x0 = f(x0)
+    if f_x0 == 0.0:  # x0 is itself the root, e.g. D η = 0 (no third-order information): no cubic term
+        eta = torch.linalg.solve(h + half_lambda * x0 * d_sq, g)
+        return NewtonSummaryStep(eta, StepStatus.CONVERGED, hbar_pd, float(x0), 0, x0, method)
     if not f_x0 > 0:
         return failed(StepStatus.NO_ROOT, x0, method)
 

@@ -44,7 +44,7 @@ class SummaryMethod(enum.Enum):
     or two more backward passes per group (``double_backward``).
     """
 
-    AUTO = "auto"  #: ``layered`` where the model allows it, else ``functional``
+    AUTO = "auto"  #: ``layered`` where the model allows it, else ``double_backward`` (cheaper than ``functional``)
     LAYERED = "layered"  #: forward tangents and one adjoint pass through an nn.Sequential (cheapest)
     FUNCTIONAL = "functional"  #: torch.func forward-over-reverse in η, vmapped over S (any model)
     DOUBLE_BACKWARD = "double_backward"  #: S double-backward HVPs, as GroupedNewton's code (reference)

@@ -11,9 +11,10 @@ restricted to group s in column s, and φ(η) = L(θ + Uη). The GroupedNewton s
 descent); with ``"entries"`` and u = 1, H̄ = H (Newton's method).
 
 Routes (:class:`SummaryMethod`), all exact: ``layered`` (forward tangents + one adjoint pass, for
-``nn.Sequential`` of affine and parameter-free layers; the default where it applies), ``functional``
-(torch.func forward-over-reverse vmapped over the S directions; any model) and ``double_backward``
-(S double-backward HVPs as GroupedNewton's code; the reference).
+``nn.Sequential`` of affine and parameter-free layers; the default where it applies),
+``double_backward`` (S double-backward HVPs as GroupedNewton's code; the reference, and the default
+elsewhere) and ``functional`` (torch.func forward-over-reverse vmapped over the S directions; any
+model, but every direction is propagated densely, so it is the slowest on wide networks).
 """
 
 from __future__ import annotations
@@ -109,9 +110,10 @@ def grouped_newton_summary(
         direction = gradient_direction(model, adapter, batches)
     problem = SummaryProblem.build(model, adapter, part, direction, curvature, order)
     if method is SummaryMethod.AUTO:
-        method = SummaryMethod.LAYERED if unsupported_reason(problem) is None else SummaryMethod.FUNCTIONAL
+        layered = unsupported_reason(problem) is None
+        method = SummaryMethod.LAYERED if layered else SummaryMethod.DOUBLE_BACKWARD
     elif method is SummaryMethod.LAYERED and (reason := unsupported_reason(problem)) is not None:
-        raise UnsupportedModuleError(f"method='layered' cannot take this model: {reason}; use 'functional'")
+        raise UnsupportedModuleError(f"method='layered' cannot take this model: {reason}; use 'double_backward' or 'functional'")
     route = _ROUTES[method]
     acc = TermsSum(adapter.reduction)
     samples = 0

@@ -121,9 +121,9 @@ def test_unreachable_negative_curvature_gives_no_x0_and_a_zero_step():
     assert step.status is StepStatus.NO_X0 and not step.found and step.eta.tolist() == [0.0, 0.0]
 
 
-def test_zero_gradient_has_no_root_and_a_zero_step():
+def test_zero_gradient_gives_the_zero_step_at_root_zero():
     step = newton_summary_step(torch.zeros(2), torch.eye(2), torch.ones(2), lambda_int=1.0)
-    assert step.status is StepStatus.NO_ROOT and step.eta.tolist() == [0.0, 0.0]
+    assert step.status is StepStatus.CONVERGED and step.r == 0.0 and step.eta.tolist() == [0.0, 0.0]
 
 
 def test_float64_throughout():
@@ -144,3 +144,12 @@ def test_bad_inputs_raise_clear_errors():
         newton_summary_step(g, h, torch.ones(3), lambda_int=1.0)
     with pytest.raises(ValueError, match="gbar holds NaN"):
         newton_summary_step(torch.tensor([1.0, float("nan")]), h)
+
+
+def test_zero_third_order_term_gives_the_plain_newton_step():
+    """D = 0 makes the cubic term vanish: f(0) = 0 is the root and η = H̄⁻¹ḡ (not η = 0)."""
+    g = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    h = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    step = newton_summary_step(g, h, torch.zeros(2, dtype=torch.float64), lambda_int=1.0)
+    assert step.status is StepStatus.CONVERGED
+    torch.testing.assert_close(step.eta, torch.linalg.solve(h, g))

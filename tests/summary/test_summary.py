@@ -199,7 +199,7 @@ def test_auto_picks_layered_where_possible():
     cfg = grouped_newton_summary(model, loss_fn, (x, y), order=2).attrs["config"]
     assert '"method": "layered"' in cfg
     cfg = grouped_newton_summary(model, loss_fn, (x, y), order=2, partition="entries").attrs["config"]
-    assert '"method": "functional"' in cfg
+    assert '"method": "double_backward"' in cfg
     assert SummaryMethod("double_backward") is SummaryMethod.DOUBLE_BACKWARD
 
 

@@ -131,12 +131,15 @@ class Partition:
         groups = []
         for g, (gname, members) in enumerate(assignment.items()):
             idx, touched = [], []
-            for pname, entry in members:
+            for pname, _ in members:
                 if pname not in by_name:
                     raise PartitionError(
                         f"group {gname!r} names {pname!r}, which is not a trainable parameter "
                         f"(known: {', '.join(by_name)})"
                     )
+            # members in flat order, so the concatenated indices are ascending without a sort
+            ordered = sorted(members, key=lambda m: by_name[m[0]].offset + (m[1] or 0))
+            for pname, entry in ordered:
                 info = by_name[pname]
                 if entry is None:
                     idx.append(torch.arange(info.offset, info.offset + info.numel))
@@ -144,7 +147,7 @@ class Partition:
                     idx.append(torch.tensor([info.offset + entry]))
                 if info not in touched:
                     touched.append(info)
-            indices = torch.cat(idx).sort().values if idx else torch.zeros(0, dtype=torch.long)
+            indices = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
             clash = owner[indices] >= 0
             if bool(clash.any()):
                 first = int(indices[clash][0])

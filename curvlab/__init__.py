@@ -65,6 +65,12 @@ _PUBLIC: dict[str, str] = {
     "FisherMCOperator": "curvlab.operators",
     "EmpiricalFisherOperator": "curvlab.operators",
     "ComplexStepHessianOperator": "curvlab.operators",
+    "CurvatureOperator": "curvlab.operators",
+    "HVPMethod": "curvlab.operators",
+    "EmpiricalFisherStrategy": "curvlab.operators",
+    "CGSettings": "curvlab.operators",
+    "SummaryCurvature": "curvlab.summary",
+    "SummaryMethod": "curvlab.summary",
 }
 _SUBMODULES = (
     "reference", "spectra", "analysis", "optim", "repr", "engine", "operators", "summary",

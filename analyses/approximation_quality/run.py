@@ -43,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "approximation_quality")
     parser.add_argument("--quick", action="store_true", help="tiny model, 20 steps")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--save-curvature", action="store_true",
+                        help="also write the last step's matrices (dense: about 140 MB at full size)")
     return parser.parse_args()
 
 
@@ -94,9 +96,10 @@ def main() -> None:
             loss_fn(model(data.train[0][idx]), data.train[1][idx]).backward()
             optimizer.step()
     ds = tracker.dataset
-    tree = state["last"].curvature_tree()
-    tree.attrs.update(attrs, step=int(ds.step[-1]))
-    netcdf.write(tree, out / "curvature_last_step.nc")
+    if args.save_curvature:
+        tree = state["last"].curvature_tree()
+        tree.attrs.update(attrs, step=int(ds.step[-1]))
+        netcdf.write(tree, out / "curvature_last_step.nc")
     metrics = ["rel_frobenius_error", "rel_spectral_error", "eigenspace_overlap", "step_cosine", "decrease_ratio"]
     save_figure(plot_metric_curves(ds, metrics, title="whole matrix"), out / "quality_curves.png")
     first_block = str(ds.block.values[0])

@@ -83,6 +83,9 @@ def add_parser(sub) -> None:
     group.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     group.add_argument("--state-dict", type=Path, default=None, help="start from these weights (torch.save'd)")
+    group.add_argument("--max-params", type=positive_int, default=6000,
+                       help="refuse models with more parameters: the exact reference is a dense [P, P] matrix "
+                            "and its eigendecomposition costs O(P³) (default 6000)")
     group.add_argument("--threads", type=positive_int, default=1,
                        help="torch threads (default 1: the matrices are small, and threads contend on busy machines)")
     group.add_argument("--smoke", action="store_true",
@@ -123,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
     data, model, loss_fn = build_setup(args)
     if args.state_dict is not None:
         _load_state(model, args.state_dict)
-    curvlab.Partition.from_model(model, args.partition)  # bad partitions fail before anything is written
+    size = curvlab.Partition.from_model(model, args.partition).num_params  # bad partitions fail here, early
+    if size > args.max_params:
+        raise ValueError(f"{args.model} on {args.dataset} has P={size} parameters, more than --max-params "
+                         f"{args.max_params}: the exact dense reference would be [{size}, {size}]. Use a smaller "
+                         "model (e.g. --model mlp --hidden 16,16) or raise --max-params (cost grows as P³)")
     curvlab.Partition.from_model(model, args.summary_partition)
     out = prepare_output(args.out, args.overwrite)
     config = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)

@@ -61,6 +61,7 @@ def test_no_overwrite_without_flag(smoke_run, capsys):
         (["--model", "resnet"], "--model"),
         (["--state-dict", "/nonexistent.pt"], "not found"),
         (["--lr", "0"], "--lr"),
+        (["--model", "lenet"], "--max-params"),
     ],
 )
 def test_bad_options_exit_2(tmp_path, capsys, argv, culprit):

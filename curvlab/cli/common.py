@@ -128,7 +128,7 @@ def train_sgd(model, loss_fn, train, *, steps: int, batch_size: int, lr: float =
         loss = loss_fn(model(batch[0]), batch[1])
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     if callback is not None:
         callback(steps, model)
     return losses

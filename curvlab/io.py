@@ -43,6 +43,7 @@ KINDS: Mapping[str, str] = {
     "block_diagonal": "curvlab.repr.block_diagonal:BlockDiagonalCurvature",
     "diagonal": "curvlab.repr.diagonal:DiagonalCurvature",
     "square_root": "curvlab.repr.square_root:SquareRootCurvature",
+    "layered_square_root": "curvlab.repr.layered_square_root:LayeredSquareRootCurvature",
     "kronecker_factors": "curvlab.repr.kronecker:KroneckerFactors",
     "kronecker": "curvlab.repr.kronecker_curvature:KroneckerCurvature",
     "summary_matrix": "curvlab.repr.summary:SummaryMatrix",

@@ -6,7 +6,8 @@ statistic (block, diagonal, full square root, G factor, EKFAC scaling) is
     M = (Σ_b U_b) / W,   U_b the unscaled batch statistic,  W = Σ_b Z_b  (reduction 'sum': W = 1),
 
 the same as Σ_b Z_b M_b / Σ_b Z_b with M_b = U_b / Z_b (:func:`curvlab.losses.combine_weight`); rows of
-square-root factors are stacked and divided by √W. Kronecker input factors are averaged over samples,
+square-root factors are stacked and divided by √W (the layer inputs of outer-product factors are
+stacked alike, unscaled). Kronecker input factors are averaged over samples,
 A = Σ_b Σ_n x̃ x̃ᵀ / Σ_b N_b, and G factors follow the additive rule: this is how KFAC implementations
 average factors over batches, and it equals the factors of the union batch (it is *not* the Kronecker
 product of summed blocks, Σ_b A_b ⊗ G_b). KFRA's G is a nonlinear function of each batch (it averages
@@ -51,6 +52,7 @@ class Accumulator:
         self.sums: dict = {}
         self.inputs: dict = {}
         self.rows: dict = {}
+        self.stacked: dict = {}
         self._result: BatchStatistics | None = None
         # result() scales the running sums in place (they can be large); adding more data undoes it
         self._scaled: tuple[float, float, float] | None = None
@@ -70,8 +72,9 @@ class Accumulator:
         for store, new in ((self.sums, stats.sums), (self.inputs, stats.inputs)):
             for key, value in new.items():
                 store[key] = value if key not in store else store[key] + value
-        for key, value in stats.rows.items():
-            self.rows.setdefault(key, []).append(value)
+        for store, new in ((self.rows, stats.rows), (self.stacked, stats.stacked)):
+            for key, value in new.items():
+                store.setdefault(key, []).append(value)
 
     @property
     def weight(self) -> float:
@@ -92,15 +95,16 @@ class Accumulator:
                 tensor = store[key].contiguous()
                 dist.all_reduce(tensor)
                 store[key] = tensor
-        for key in sorted(self.rows):
-            local = torch.cat(self.rows[key])
-            sizes = [None] * dist.get_world_size()
-            dist.all_gather_object(sizes, local.shape[0])
-            padded = local.new_zeros(max(sizes), *local.shape[1:])
-            padded[: local.shape[0]] = local
-            gathered = [torch.empty_like(padded) for _ in sizes]
-            dist.all_gather(gathered, padded)
-            self.rows[key] = [g[:s] for g, s in zip(gathered, sizes, strict=True)]
+        for store in (self.rows, self.stacked):
+            for key in sorted(store):
+                local = torch.cat(store[key])
+                sizes = [None] * dist.get_world_size()
+                dist.all_gather_object(sizes, local.shape[0])
+                padded = local.new_zeros(max(sizes), *local.shape[1:])
+                padded[: local.shape[0]] = local
+                gathered = [torch.empty_like(padded) for _ in sizes]
+                dist.all_gather(gathered, padded)
+                store[key] = [g[:s] for g, s in zip(gathered, sizes, strict=True)]
 
     def result(self) -> BatchStatistics:
         """The combined, scaled statistics (A divided by N, the rest by W, rows by √W)."""
@@ -116,10 +120,13 @@ class Accumulator:
         for key, value in self.rows.items():
             self.rows[key] = [torch.cat(value) if len(value) > 1 else value[0]]
             self.rows[key][0].mul_(scale)
+        for key, value in self.stacked.items():
+            self.stacked[key] = [torch.cat(value) if len(value) > 1 else value[0]]
         self._scaled = (weight, float(self.count), scale)
         out = BatchStatistics(self.normalizer, self.count)
         out.sums, out.inputs = dict(self.sums), dict(self.inputs)
         out.rows = {k: v[0] for k, v in self.rows.items()}
+        out.stacked = {k: v[0] for k, v in self.stacked.items()}
         self._result = out
         return out
 

@@ -6,8 +6,9 @@ approximation covers):
 * ``*_block``: :class:`~curvlab.repr.BlockDiagonalCurvature` over the "layer" partition (one block per
   layer holding all its parameters, weight–bias cross terms included);
 * ``diag_*``: :class:`~curvlab.repr.DiagonalCurvature`;
-* ``ggn``, ``fisher_mc``, ``empirical_fisher``: :class:`~curvlab.repr.SquareRootCurvature` C = Fᵀ F with
-  F [R, P] the stacked backpropagated square roots (R = N·C, N·M, N over all batches);
+* ``ggn``, ``fisher_mc``, ``empirical_fisher``: :class:`~curvlab.repr.LayeredSquareRootCurvature` (a
+  :class:`~curvlab.repr.SquareRootCurvature`) C = Fᵀ F with F [R, P] the stacked backpropagated square
+  roots (R = N·C, N·M, N over all batches), kept per layer as S_l ⊗ [X_l; 1] for Linear layers;
 * ``hessian``: :class:`~curvlab.repr.DenseCurvature`;
 * ``kfac``, ``kflr``, ``kfra``, ``ekfac``: :class:`~curvlab.repr.KroneckerCurvature`, per layer
   ``KroneckerFactors(A, G, bias=..., bias_convention="augmented")`` (bias = last column of [W, b],
@@ -41,7 +42,8 @@ from curvlab.repr import (
     DiagonalCurvature,
     KroneckerCurvature,
     KroneckerFactors,
-    SquareRootCurvature,
+    LayeredSquareRootCurvature,
+    LayerFactor,
 )
 
 __all__ = ["Curvature", "assemble"]
@@ -183,13 +185,28 @@ def _representation(q: Quantity, stats, layer_part, user_part, modules, common) 
         return DenseCurvature(stats.sums[("hessian", "", "full")], user_part, quantity=name, **common)
     if q.form is Form.BLOCK:
         blocks = _layer_tensors(stats, name, "block", layer_part.group_names)
-        return BlockDiagonalCurvature(blocks, layer_part, quantity=name, **common)
+        return BlockDiagonalCurvature(blocks, layer_part, quantity=name, validate=False, **common)
     if q.form is Form.DIAG:
         diag = torch.cat([stats.sums[(name, layer, "diag")] for layer in layer_part.group_names])
         return DiagonalCurvature(diag, user_part, quantity=name, **common)
     if q.form is Form.FULL:
-        return SquareRootCurvature(stats.rows[(name, "", "rows")], user_part, quantity=name, **common)
+        return _square_root(name, stats, layer_part, user_part, modules, common)
     return _kronecker(q, stats, layer_part, modules, common)
+
+
+def _square_root(name: str, stats, layer_part: Partition, user_part: Partition, modules, common):
+    """The full factor kept per layer: S ⊗ [X; 1] for outer-product layers, dense columns otherwise."""
+    layers = []
+    for group in layer_part.groups:
+        start = group.contiguous.start
+        if (name, group.name, "S") in stats.rows:
+            module = modules[group.name]
+            bias = getattr(module, "bias", None) is not None and module.bias.requires_grad
+            outputs, inputs = stats.rows[(name, group.name, "S")], stats.stacked[(name, group.name, "X")]
+            layers.append(LayerFactor(start, outputs, inputs, bias=bias))
+        else:
+            layers.append(LayerFactor(start, stats.rows[(name, group.name, "F")]))
+    return LayeredSquareRootCurvature(layers, user_part, quantity=name, **common)
 
 
 def kronecker_factors(stats: BatchStatistics, quantity: str, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,6 +232,7 @@ def _kronecker(q: Quantity, stats: BatchStatistics, layer_part: Partition, modul
             layers[layer] = KroneckerFactors(
                 A, G, bias=bias, bias_convention="augmented", scaling=scaling, weight_shape=shape,
                 partition=_factor_partition(shape, shape[0] if bias else 0), quantity=name,
+                validate=False,  # A, G are Gram matrices or symmetric recursions: symmetric by construction
             )
         except NonFiniteError as error:
             raise NonFiniteError(f"layer {layer!r}: {error}") from None

@@ -60,7 +60,12 @@ class BatchStatistics:
     Attributes:
         sums: additive statistics (blocks, diagonals, G factors, EKFAC scalings), keyed (quantity, layer, part).
         inputs: Kronecker input factors Σ_n x̃_n x̃_nᵀ per layer (divided by the sample count at the end).
-        rows: the full square-root factor of a quantity, key (quantity, "", "rows"), [N·K, P].
+        rows: the full square-root factor of a quantity per layer: key (quantity, layer, "S") the
+            layer's output factor S [N·K, O] when its columns are outer products S ⊗ [x; 1]
+            (:meth:`~curvlab.engine.rules.ParameterRule.outer_factor`), else (quantity, layer, "F") its
+            dense columns [N·K, P_layer]; scaled by 1/√W when combined.
+        stacked: per-sample tensors stacked over batches and never scaled: the layer inputs
+            X [N, I] of the outer-product factors, key (quantity, layer, "X").
         normalizer: Z of this batch; ``count``: N.
     """
 
@@ -69,6 +74,7 @@ class BatchStatistics:
     sums: dict[Key, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     rows: dict[Key, torch.Tensor] = field(default_factory=dict)
+    stacked: dict[Key, torch.Tensor] = field(default_factory=dict)
 
 
 def has_trainable(record: Record) -> bool:
@@ -144,9 +150,9 @@ def batch_statistics(
     """Unscaled statistics of one recorded batch for ``quantities`` (``hessian`` excluded: see
     :mod:`curvlab.engine.hessian`).
 
-    ``layout`` maps each parameterised layer to its slice of the flat parameter vector; full
-    square-root factors are written straight into one [N·K, P] tensor per quantity (key
-    ``(quantity, "", "rows")``). ``graph``: the module graph of a branching model (records in its
+    ``layout`` maps each parameterised layer to its slice of the flat parameter vector (kept for
+    callers; full square-root factors are stored per layer, see :class:`BatchStatistics`).
+    ``graph``: the module graph of a branching model (records in its
     module order); factors are then summed where a node feeds several consumers.
     """
     stats = BatchStatistics(adapter.normalizer(outputs), outputs.shape[0])
@@ -168,17 +174,13 @@ def batch_statistics(
         if source is Source.HESSIAN:
             _hessian(records, outputs, adapter, qs, stats)
         elif source is Source.EMPIRICAL:
-            full = _full_buffers(qs, outputs, 1, layout, stats)
             for record in records:
                 if has_trainable(record):
-                    _visit_factor(record, record.grad.unsqueeze(1), qs, config, stats, full, layout)
+                    _visit_factor(record, record.grad.unsqueeze(1), qs, config, stats)
         elif source in (Source.GGN, Source.MC):
             start = _output_factor(source, adapter, outputs, config)
-            full = _full_buffers(qs, outputs, start.shape[1], layout, stats)
             extra = [Quantity.KFRA] if source is Source.GGN and Source.KFRA in by_source else []
-            visit = functools.partial(
-                _visit_factor, quantities=qs + extra, config=config, stats=stats, full=full, layout=layout
-            )
+            visit = functools.partial(_visit_factor, quantities=qs + extra, config=config, stats=stats)
             _propagate(records, start, lambda r, v: r.rule.backprop(r, v), visit, graph)
     return stats
 
@@ -188,21 +190,21 @@ def _check_block(record: Record, dtype: torch.dtype, quantity: str) -> None:
     check_dense_allocation((size, size), dtype, f"{quantity} block of layer {record.name!r}")
 
 
-def _full_buffers(quantities, outputs, columns: int, layout, stats: BatchStatistics) -> dict[str, torch.Tensor]:
-    """One [N, K, P] buffer per full quantity, registered as its rows."""
-    num_params = max(s.stop for s in layout.values())
-    buffers = {}
-    for q in quantities:
-        if q.form is Form.FULL:
-            check_dense_allocation((outputs.shape[0] * columns, num_params), outputs.dtype, f"{q.value} factor")
-            buffer = outputs.new_empty(outputs.shape[0], columns, num_params)  # every column is written
-            stats.rows[(q.value, "", "rows")] = buffer.view(-1, num_params)
-            buffers[q.value] = buffer
-    return buffers
+def _full_columns(record: Record, factor: torch.Tensor, quantity: str, stats: BatchStatistics) -> None:
+    """The layer's columns of the full square-root factor: S and X when they are outer products."""
+    parts = record.rule.outer_factor(record, factor)
+    if parts is not None:
+        outputs, inputs, _ = parts
+        stats.rows[(quantity, record.name, "S")] = outputs
+        stats.stacked[(quantity, record.name, "X")] = inputs.clone()  # not a view of the user's data
+        return
+    num, cols = factor.shape[:2]
+    size = sum(getattr(record.module, n).numel() for n in record.rule.trainable(record.module))
+    check_dense_allocation((num * cols, size), factor.dtype, f"{quantity} factor of layer {record.name!r}")
+    stats.rows[(quantity, record.name, "F")] = record.rule.param_factor(record, factor).reshape(num * cols, size)
 
 
-def _visit_factor(record: Record, factor, quantities, config: EngineConfig, stats: BatchStatistics,
-                  full: Mapping[str, torch.Tensor] | None = None, layout: Mapping[str, slice] | None = None) -> None:
+def _visit_factor(record: Record, factor, quantities, config: EngineConfig, stats: BatchStatistics) -> None:
     rule, layer = record.rule, record.name
     for q in quantities:
         name = q.value
@@ -213,7 +215,7 @@ def _visit_factor(record: Record, factor, quantities, config: EngineConfig, stat
         elif q.form is Form.DIAG:
             stats.sums[(name, layer, "diag")] = rule.diag(record, factor)
         elif q.form is Form.FULL:
-            rule.param_factor_into(record, factor, full[name][:, :, layout[layer]])
+            _full_columns(record, factor, name, stats)
         elif not uses_kronecker(rule, record):
             stats.sums[(name, layer, "block")] = rule.block(record, factor)
         elif q.form is Form.KRONECKER and q is not Quantity.KFRA:

@@ -6,6 +6,8 @@ Kinds, what they store, and the cost of a matvec / a damped solve:
 * :class:`BlockDiagonalCurvature` – one [n_g, n_g] block per group: Σ n_g² / Σ n_g³.
 * :class:`DiagonalCurvature` – the [P] diagonal: O(P) / O(P).
 * :class:`SquareRootCurvature` – F [K, P] with C = FᵀF: O(KP) / O(K²P + K³) (Woodbury).
+* :class:`LayeredSquareRootCurvature` – the same C = FᵀF with F kept per layer as outer products
+  S_l ⊗ X_l (backpropagated output factors, layer inputs): O(N·P_l) per layer, F never formed.
 * :class:`KroneckerFactors` – G [O, O] and A [I', I'] of one layer: O(O²I' + OI'²) /
   the same after one cached eigendecomposition of each factor.
 * :class:`KroneckerCurvature` – KroneckerFactors (or a dense block) per layer: the sum over layers.
@@ -22,6 +24,7 @@ from curvlab.repr.diagonal import DiagonalCurvature
 from curvlab.repr.kronecker import KroneckerFactors
 from curvlab.repr.kronecker_curvature import KroneckerCurvature
 from curvlab.repr.kronecker_layout import BiasConvention, KroneckerLayout
+from curvlab.repr.layered_square_root import LayeredSquareRootCurvature, LayerFactor
 from curvlab.repr.square_root import SquareRootCurvature
 from curvlab.repr.summary import SummaryMatrix
 
@@ -34,6 +37,8 @@ __all__ = [
     "KroneckerCurvature",
     "KroneckerFactors",
     "KroneckerLayout",
+    "LayerFactor",
+    "LayeredSquareRootCurvature",
     "SquareRootCurvature",
     "SummaryMatrix",
 ]

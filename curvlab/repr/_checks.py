@@ -36,12 +36,17 @@ def check_tensor(
     return check_finite(value.detach(), name)
 
 
-def check_square(value: Any, name: str, size: int | None = None) -> torch.Tensor:
-    """A finite floating square matrix [n, n] (n = ``size`` when given), symmetric to working precision."""
+def check_square(value: Any, name: str, size: int | None = None, *, symmetry: bool = True) -> torch.Tensor:
+    """A finite floating square matrix [n, n] (n = ``size`` when given), symmetric to working precision.
+
+    ``symmetry=False`` skips the O(n²) symmetry test (for matrices symmetric by construction, e.g.
+    Gram matrices XᵀX the engine computes); type, shape and finiteness are still checked.
+    """
     matrix = check_tensor(value, name, (size, size))
     if matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"{name} must be square, got shape {tuple(matrix.shape)}")
-    check_symmetric(matrix, name)
+    if symmetry:
+        check_symmetric(matrix, name)
     return matrix
 
 

@@ -165,6 +165,8 @@ class BlockDiagonalCurvature(BlockStructured):
         partition: the groups (e.g. ``"layer"`` for per-layer blocks).
         quantity: e.g. ``"ggn"``.
         attrs: provenance attributes.
+        validate: ``False`` skips the symmetry test of the blocks (for blocks symmetric by
+            construction); shapes and finiteness are always checked.
 
     Example:
         >>> import torch.nn as nn
@@ -184,6 +186,7 @@ class BlockDiagonalCurvature(BlockStructured):
         *,
         quantity: str,
         attrs: Mapping[str, Any] | None = None,
+        validate: bool = True,
     ):
         if not isinstance(blocks, Mapping):
             raise TypeError(
@@ -199,7 +202,8 @@ class BlockDiagonalCurvature(BlockStructured):
                 f"blocks has keys that are not groups of the partition: {', '.join(unknown)}"
             )
         checked = {
-            n: check_square(blocks[n], f"blocks[{n!r}]", partition.group(n).size) for n in names
+            n: check_square(blocks[n], f"blocks[{n!r}]", partition.group(n).size, symmetry=validate)
+            for n in names
         }
         check_same_dtype_device({f"blocks[{n!r}]": t for n, t in checked.items()})
         first = checked[names[0]]

@@ -76,6 +76,9 @@ class KroneckerFactors(CurvatureRepresentation):
             partition with parameters ``"weight"`` and ``"bias"``.
         quantity: e.g. ``"kfac"``, ``"ekfac"``, ``"kflr"``.
         attrs: provenance attributes.
+        validate: ``False`` skips the symmetry tests of A, G and ``bias_factor`` (for factors that are
+            symmetric by construction, as the engine's Gram matrices); shapes and finiteness are
+            always checked.
 
     Example:
         >>> G, A = torch.tensor([[2.0]]), torch.tensor([[1.0, 0.0], [0.0, 3.0]])
@@ -103,9 +106,10 @@ class KroneckerFactors(CurvatureRepresentation):
         partition: Partition | None = None,
         quantity: str = "kfac",
         attrs: Mapping[str, Any] | None = None,
+        validate: bool = True,
     ):
-        self.A = check_square(A, "A (input factor)")
-        self.G = check_square(G, "G (output factor)")
+        self.A = check_square(A, "A (input factor)", symmetry=validate)
+        self.G = check_square(G, "G (output factor)", symmetry=validate)
         convention = BiasConvention.parse(bias_convention)
         augmented = bool(bias) and convention is BiasConvention.AUGMENTED
         self.layout = KroneckerLayout(
@@ -122,7 +126,7 @@ class KroneckerFactors(CurvatureRepresentation):
         if bias_factor is not None:
             if not self.layout.separate_bias:
                 raise ValueError("bias_factor needs bias=True and bias_convention='separate'")
-            bias_factor = check_square(bias_factor, "bias_factor", o)
+            bias_factor = check_square(bias_factor, "bias_factor", o, symmetry=validate)
             tensors["bias_factor"] = bias_factor
         self.bias_factor = bias_factor
         if scaling is not None:

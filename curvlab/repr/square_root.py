@@ -85,8 +85,16 @@ class SquareRootCurvature(CurvatureRepresentation):
     def _diagonal(self) -> torch.Tensor:
         return (self.factor**2).sum(0)
 
+    def _apply(self, v: torch.Tensor) -> torch.Tensor:
+        """F v for v [P] or [P, m]."""
+        return self.factor @ v
+
+    def _apply_t(self, u: torch.Tensor) -> torch.Tensor:
+        """Fᵀ u for u [K] or [K, m]."""
+        return self.factor.mT @ u
+
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self.factor.mT @ (self.factor @ v)
+        return self._apply_t(self._apply(v))
 
     def _gram(self) -> torch.Tensor:
         check_dense_allocation((self.rank, self.rank), self.dtype, f"{self.quantity} Gram matrix")
@@ -119,10 +127,10 @@ class SquareRootCurvature(CurvatureRepresentation):
         inner = self._gram()
         inner.diagonal().add_(damping)
         chol = torch.linalg.cholesky(inner)
-        fv = self.factor @ v
+        fv = self._apply(v)
         correction = torch.cholesky_solve(fv if v.ndim == 2 else fv[:, None], chol)
         correction = correction if v.ndim == 2 else correction[:, 0]
-        return (v - self.factor.mT @ correction) / damping
+        return (v - self._apply_t(correction)) / damping
 
     def trace(self) -> torch.Tensor:
         """tr(C) = ‖F‖²_F, a 0-d tensor."""

@@ -154,8 +154,12 @@ def test_blocks_and_factors_respect_the_memory_budget():
     with curvlab.memory_budget(100 * 8):  # 100 float64 numbers; the last layer's block has 18² (reached first)
         with pytest.raises(curvlab.MemoryBudgetError, match=r"ggn_block block of layer '2': a dense \[18, 18\]"):
             compute(model, loss_fn, (x, y), "ggn_block", progress=False)
-        with pytest.raises(curvlab.MemoryBudgetError, match="ggn factor"):
-            compute(model, loss_fn, (x, y), "ggn", progress=False)
+        # the full GGN keeps S_l and X_l per layer: its [N·C, P] factor is only formed on request
+        ggn = compute(model, loss_fn, (x, y), "ggn", progress=False)["ggn"]
+        assert ggn.diagonal().shape == (43,)
+        with pytest.raises(curvlab.MemoryBudgetError, match="ggn square-root factor"):
+            _ = ggn.factor
         small = compute(model, loss_fn, (x, y), "diag_ggn", progress=False)  # O(P): fine
     assert small["diag_ggn"].diagonal().shape == (43,)
+    torch.testing.assert_close(ggn.diagonal(), small["diag_ggn"].diagonal())
     assert _hook_count(model) == 0

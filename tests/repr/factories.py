@@ -16,6 +16,8 @@ from curvlab.repr import (
     DiagonalCurvature,
     KroneckerCurvature,
     KroneckerFactors,
+    LayeredSquareRootCurvature,
+    LayerFactor,
     SquareRootCurvature,
     SummaryMatrix,
 )
@@ -26,6 +28,7 @@ KINDS = [
     "diagonal",
     "square_root",
     "square_root_tall",
+    "layered_square_root",
     "kronecker_factors",
     "kronecker_factors_separate",
     "kronecker_factors_ekfac",
@@ -95,6 +98,24 @@ def build(kind: str, dtype: torch.dtype = torch.float64, seed: int = 0):
         k = 5 if kind == "square_root" else part.num_params + 3
         f = torch.randn(k, part.num_params, dtype=dtype)
         return SquareRootCurvature(f, part, quantity="empirical_fisher", attrs=ATTRS), f.T @ f
+    if kind == "layered_square_root":
+        part = Partition.from_model(model, "layer")  # "0": W [2, 3] + b, "2": W [2, 2], "3": W [1, 2] + b
+        n, k = 3, 2
+        s0, x0 = torch.randn(n * k, 2, dtype=dtype), torch.randn(n, 3, dtype=dtype)
+        f2 = torch.randn(n * k, 4, dtype=dtype)
+        s3, x3 = torch.randn(n * k, 1, dtype=dtype), torch.randn(n, 2, dtype=dtype)
+        layers = [LayerFactor(0, s0, x0, bias=True), LayerFactor(8, f2), LayerFactor(12, s3, x3, bias=True)]
+        f = torch.empty(n * k, part.num_params, dtype=dtype)  # row (sample, column): S[r, o] · [x; 1][i]
+        for r in range(n * k):
+            for s_mat, x, start in ((s0, x0, 0), (s3, x3, 12)):
+                o_dim, i_dim = s_mat.shape[1], x.shape[1]
+                for o in range(o_dim):
+                    for i in range(i_dim):
+                        f[r, start + o * i_dim + i] = s_mat[r, o] * x[r // k, i]
+                    f[r, start + o_dim * i_dim + o] = s_mat[r, o]
+            f[r, 8:12] = f2[r]
+        rep = LayeredSquareRootCurvature(layers, part, quantity="ggn", attrs=ATTRS)
+        return rep, f.T @ f
     if kind == "kronecker_factors":
         A, G = spd(4, dtype), spd(2, dtype)  # augmented: I = 3, O = 2
         factors = KroneckerFactors(A, G, bias=True, attrs=ATTRS)

@@ -166,6 +166,12 @@ class ParameterRule(ModuleRule):
         """Jθᵀ V per sample and column: [N, K, *out] -> [N, K, P_layer]."""
         raise NotImplementedError
 
+    def outer_factor(self, record: Record, factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+        """``(S [N·K, O], X [N, I], bias)`` when Jθᵀ V_nk is the outer product V_nk [x_n; 1]ᵀ (weight
+        row-major, then the bias if ``bias``), so a full factor can keep S and X instead of
+        [N·K, P_layer] (:class:`curvlab.repr.LayeredSquareRootCurvature`); ``None`` otherwise."""
+        return None
+
     def param_factor_into(self, record: Record, factor: torch.Tensor, out: torch.Tensor) -> None:
         """Write :meth:`param_factor` into ``out`` [N, K, P_layer] (a view into a full factor)."""
         out.copy_(self.param_factor(record, factor))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from curvlab.engine.rules.base import ModuleRule, Record
+from curvlab.engine.rules.gram import gram
 from curvlab.errors import UnsupportedModuleError
 
 __all__ = ["ElementwiseRule", "autograd_derivatives"]
@@ -114,7 +115,7 @@ class ElementwiseRule(ModuleRule):
 
     def kfra_backprop(self, record: Record, gbar: torch.Tensor) -> torch.Tensor:
         d1 = self._derivs(record)[0].flatten(1)
-        return gbar * (d1.T @ d1) / d1.shape[0]
+        return gbar * gram(d1) / d1.shape[0]
 
 
 #: The elementwise rules by module type.

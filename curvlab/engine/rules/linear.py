@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from curvlab.engine.rules.base import ParameterRule, Record
+from curvlab.engine.rules.gram import gram
 from curvlab.errors import UnsupportedModuleError
 
 __all__ = ["LinearRule"]
@@ -63,6 +64,12 @@ class LinearRule(ParameterRule):
         if "bias" in names:
             parts.append(factor)
         return torch.cat(parts, dim=2)
+
+    def outer_factor(self, record, factor):
+        names = self.trainable(record.module)
+        if "weight" not in names:
+            return None
+        return factor.reshape(-1, factor.shape[-1]), record.inputs, "bias" in names
 
     def param_factor_into(self, record: Record, factor: torch.Tensor, out: torch.Tensor) -> None:
         names = self.trainable(record.module)
@@ -127,12 +134,11 @@ class LinearRule(ParameterRule):
         return self._diag_from(record, diag, diag.sum(0))
 
     def kron_input(self, record: Record) -> tuple[torch.Tensor, int]:
-        x = self._augmented(record)
-        return x.T @ x, x.shape[0]
+        x = record.inputs
+        return gram(x, homogeneous="bias" in self.trainable(record.module)), x.shape[0]
 
     def kron_output(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
-        flat = factor.flatten(0, 1)
-        return flat.T @ flat
+        return gram(factor.flatten(0, 1))
 
     def ekfac_scale(self, record, factor, basis_in, basis_out):
         # the per-sample, per-column gradient V_nk x̃_nᵀ is rank one, so its rotation factorises

@@ -101,7 +101,7 @@ class SquareRootCurvature(CurvatureRepresentation):
         return self.factor @ self.factor.mT
 
     def _eigvalsh(self) -> torch.Tensor:
-        k, p = self.factor.shape
+        k, p = self.rank, self.shape[0]
         if k >= p:  # singular values of F, without forming FᵀF
             return (torch.linalg.svdvals(self.factor) ** 2).sort().values
         nonzero = torch.linalg.eigvalsh(self._gram())

@@ -1,0 +1,44 @@
+"""Gram matrices XᵀX computed on their upper block triangle (torch has no BLAS ``syrk``).
+
+XᵀX is symmetric, so of a b×b grid of column blocks only the b(b+1)/2 blocks on and above the
+diagonal need a product; the rest are copies. With blocks of ~128 columns this saves a quarter to
+a third of the flops of one [I, N]·[N, I] product for I ≥ 256 (KFAC's input factor of a 784-wide
+layer, KFLR's output factors). Blocks below the diagonal are exact mirrors; diagonal blocks are
+symmetric to rounding, as a plain product.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["gram"]
+
+#: columns per block: products of [128, N]·[N, ≥128] keep the BLAS kernels efficient.
+BLOCK = 128
+
+
+def gram(x: torch.Tensor, homogeneous: bool = False) -> torch.Tensor:
+    """XᵀX for X [N, I], or X̃ᵀX̃ with X̃ = [X, 1] (``homogeneous``) without forming X̃: [I(+1), I(+1)].
+
+    The homogeneous row and column are Σ_n x_n and the corner is N.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        >>> gram(x).tolist()
+        [[10.0, 14.0], [14.0, 20.0]]
+        >>> gram(x, homogeneous=True).tolist()
+        [[10.0, 14.0, 4.0], [14.0, 20.0, 6.0], [4.0, 6.0, 2.0]]
+    """
+    num, width = x.shape
+    out = x.new_empty(width + int(homogeneous), width + int(homogeneous))
+    blocks = max(1, -(-width // BLOCK))
+    edges = [round(width * j / blocks) for j in range(blocks + 1)]
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        out[lo:hi, lo:width] = x[:, lo:hi].T @ x[:, lo:]
+        out[hi:width, lo:hi] = out[lo:hi, hi:width].T
+    if homogeneous:
+        total = x.sum(0)
+        out[width, :width] = total
+        out[:width, width] = total
+        out[width, width] = num
+    return out

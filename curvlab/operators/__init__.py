@@ -17,7 +17,7 @@ conjugate gradient (:mod:`curvlab.operators.cg`), and exports its materialised m
 """
 
 from curvlab.operators.base import CurvatureOperator, RestrictedOperator
-from curvlab.operators.cg import CGResult, CGSettings, conjugate_gradient
+from curvlab.operators.cg import CGBreakdown, CGNorm, CGResult, CGSettings, conjugate_gradient
 from curvlab.operators.complex_step import ComplexStepHessianOperator, check_analytic
 from curvlab.operators.empirical_fisher import EmpiricalFisherOperator, EmpiricalFisherStrategy
 from curvlab.operators.fisher_mc import FisherMCOperator
@@ -28,6 +28,8 @@ from curvlab.operators.restriction import BlockView, sub_partition
 
 __all__ = [
     "BlockView",
+    "CGBreakdown",
+    "CGNorm",
     "CGResult",
     "CGSettings",
     "ComplexStepHessianOperator",

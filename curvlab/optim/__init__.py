@@ -1,8 +1,7 @@
 """Second-order optimisers built on curvlab's curvature statistics.
 
-Pure maths pieces (no state):
+Pure maths pieces (no state; conjugate gradient is :mod:`curvlab.operators.cg`, shared with the operators):
 
-* :mod:`~curvlab.optim.cg` – preconditioned conjugate gradient;
 * :mod:`~curvlab.optim.gauss_newton` – the Gauss–Newton quadratic model (GGN-vector products);
 * :mod:`~curvlab.optim.damping` – damping schedules and the trust-region ratio rule;
 * :mod:`~curvlab.optim.line_search` – backtracking Armijo line search;
@@ -31,8 +30,6 @@ import importlib
 _PUBLIC = {
     "HyperparameterError": "curvlab.optim.hyperparameters",
     "CurvatureOptimizer": "curvlab.optim.base",
-    "CGResult": "curvlab.optim.cg",
-    "conjugate_gradient": "curvlab.optim.cg",
     "GaussNewtonQuadratic": "curvlab.optim.gauss_newton",
     "DampingSchedule": "curvlab.optim.damping",
     "scheduled_damping": "curvlab.optim.damping",

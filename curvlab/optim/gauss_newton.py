@@ -9,6 +9,11 @@ and the quadratic model of a step d is  m(d) = L + gᵀd + ½ dᵀ(G + ρI)d.  A
 forward-mode JVP (J v), one batched [C, C] product and one reverse-mode VJP (Jᵀ u); the VJP closure
 and H_n are computed once per batch and reused by every product (e.g. across CG iterations).
 The model must be deterministic (no dropout in train mode) for the products to be consistent.
+
+It exists beside :class:`~curvlab.operators.GGNOperator` because an optimiser step needs the loss, the gradient
+and an exact GGN diagonal from one linearisation, and a per-batch ``GGNOperator`` made SGN slower (median step,
+one thread, loaded machine: 1-20-20-20-1 MLP batch 1000 16–20 ms here vs 23–26 ms uncached operator + gradient,
+150–175 ms cached, whose ``linearize`` traces per batch; 784-256-256-10 MLP batch 128 14–17 ms vs 24–26 ms).
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ import enum
 import torch
 from torch import nn
 
+from curvlab.operators.cg import CGBreakdown, CGNorm, CGSettings, conjugate_gradient
 from curvlab.optim.base import CurvatureOptimizer, all_finite
-from curvlab.optim.cg import conjugate_gradient
 from curvlab.optim.damping import (
     DampingSchedule,
     reduction_ratio,
@@ -170,15 +170,17 @@ class SGN(CurvatureOptimizer):
             buf = (1 - beta) * grad if buf is None else beta * buf + (1 - beta) * grad
             direction = buf / (1 - beta**step)
         precond = self._preconditioner(group, quad, direction, rho)
-        cg = conjugate_gradient(
-            lambda v: quad.ggn_matvec(v) + rho * v,
-            -direction,
-            max_iters=group["cg_iters"],
-            tol=group["cg_tol"],
-            preconditioner=precond,
+        settings = CGSettings(
+            rtol=0.0,
+            atol=group["cg_tol"],
+            maxiter=group["cg_iters"],
+            norm=CGNorm.MAX_ABS,
+            on_breakdown=CGBreakdown.STOP,  # keep the iterate reached so far
+            warn=False,  # a truncated solve is the method, not a failure
         )
-        d = cg.x
-        self._statistics.update(cg_iterations=cg.iterations, cg_residual=cg.residual_max)
+        cg = conjugate_gradient(quad.ggn_matvec, -direction, rho, settings, preconditioner=precond)
+        d = cg.solution
+        self._statistics.update(cg_iterations=cg.iterations, cg_residual=float(cg.residual_norm))
         if not all_finite(d):
             return self._reject("step", loss)
 

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -146,3 +148,20 @@ def test_decreases_loss_on_shared_cases(case):
     with torch.no_grad():
         final = float(loss_fn(model(x), y))
     assert final < losses[0], (case.name, losses, final)
+
+
+def test_cg_uses_max_abs_rule_and_truncation_is_quiet():
+    model, x, y = _linear_problem(torch.float64)
+    g = reference.gradient(model, nn.MSELoss(), x, y)
+    loose = SGN(model, nn.MSELoss(), cg_iters=5, cg_tol=float(g.abs().max()) * 1.0001,
+                trust_region=False, line_search=False)
+    before = reference.flat_parameters(model)
+    loose.step(x, y)  # max|r₀| = max|g| ≤ cg_tol: no CG iteration, a zero step
+    assert loose.statistics()["cg_iterations"] == 0
+    assert loose.statistics()["cg_residual"] == pytest.approx(float(g.abs().max()), rel=1e-12)
+    torch.testing.assert_close(reference.flat_parameters(model), before)
+    truncated = SGN(model, nn.MSELoss(), cg_iters=2, cg_tol=0.0, trust_region=False, line_search=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        truncated.step(x, y)
+    assert truncated.statistics()["cg_iterations"] == 2 and truncated.statistics()["cg_residual"] > 0

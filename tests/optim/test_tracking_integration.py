@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.optim.problems import OPTIMIZERS, PROBLEMS
-
 from curvlab.analysis import tracking
+from tests.optim.problems import OPTIMIZERS, PROBLEMS
 
 
 @pytest.mark.parametrize("name", ["sgn", "newton-summary", "kfac-kflr", "acp"])

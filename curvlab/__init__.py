@@ -44,6 +44,7 @@ _PUBLIC: dict[str, str] = {
     "KroneckerCurvature": "curvlab.repr",
     "SummaryMatrix": "curvlab.repr",
     "SquareRootCurvature": "curvlab.repr",
+    "LayeredSquareRootCurvature": "curvlab.repr",
     "BiasConvention": "curvlab.repr",
     "KroneckerLayout": "curvlab.repr",
     "save": "curvlab.io",

@@ -115,8 +115,10 @@ def _run(model, adapter, data, quantities, progress, **options) -> tuple[BatchSt
     total = 1 if is_single_batch(data) else (len(data) if hasattr(data, "__len__") else None)
     info: dict[str, Any] = {"batches": 0, "batch_size": None}
     with CurvatureHooks(model, adapter, quantities, **options) as hooks:
-        bar = tqdm(iter_batches(data), total=total, disable=not progress, desc="curvlab", unit="batch")
-        for inputs, targets in bar:
+        batches = iter_batches(data)
+        if progress:  # a disabled tqdm still costs its construction on every call
+            batches = tqdm(batches, total=total, desc="curvlab", unit="batch")
+        for inputs, targets in batches:
             info["batches"] += 1
             info["batch_size"] = info["batch_size"] or int(inputs.shape[0])
             with torch.set_grad_enabled(needs_grad):

@@ -8,9 +8,9 @@ quantity                   source      form        representation
 ``fisher_mc_block``        MC          BLOCK       BlockDiagonalCurvature over layers
 ``empirical_fisher_block`` EMPIRICAL   BLOCK       BlockDiagonalCurvature over layers
 ``hessian``                HESSIAN     FULL        DenseCurvature (memory-budget guarded)
-``ggn``                    GGN         FULL        SquareRootCurvature, factor [N·C, P]
-``fisher_mc``              MC          FULL        SquareRootCurvature, factor [N·M, P]
-``empirical_fisher``       EMPIRICAL   FULL        SquareRootCurvature, factor [N, P]
+``ggn``                    GGN         FULL        LayeredSquareRootCurvature, factor [N·C, P]
+``fisher_mc``              MC          FULL        LayeredSquareRootCurvature, factor [N·M, P]
+``empirical_fisher``       EMPIRICAL   FULL        LayeredSquareRootCurvature, factor [N, P]
 ``diag_hessian``           HESSIAN     DIAG        DiagonalCurvature
 ``diag_ggn``               GGN         DIAG        DiagonalCurvature
 ``diag_ggn_mc``            MC          DIAG        DiagonalCurvature
@@ -24,6 +24,7 @@ quantity                   source      form        representation
 Sources: the matrix sandwiched between the Jacobians, as a square-root factor at the model output
 (GGN: S_n with S_n S_nᵀ = H_n; MC: M sampled gradient columns; EMPIRICAL: the observed gradient),
 the per-sample Hessian recursion (HESSIAN), or KFRA's batch-averaged recursion.
+Full factors are kept per layer (S_l ⊗ [X_l; 1] for Linear layers) and formed only on request.
 """
 
 from __future__ import annotations

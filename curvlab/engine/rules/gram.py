@@ -30,8 +30,12 @@ def gram(x: torch.Tensor, homogeneous: bool = False) -> torch.Tensor:
         [[10.0, 14.0, 4.0], [14.0, 20.0, 6.0], [4.0, 6.0, 2.0]]
     """
     num, width = x.shape
-    out = x.new_empty(width + int(homogeneous), width + int(homogeneous))
     blocks = max(1, -(-width // BLOCK))
+    if blocks == 1:  # one block: a plain product is cheapest
+        if homogeneous:
+            x = torch.cat([x, x.new_ones(num, 1)], 1)
+        return x.T @ x
+    out = x.new_empty(width + int(homogeneous), width + int(homogeneous))
     edges = [round(width * j / blocks) for j in range(blocks + 1)]
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         out[lo:hi, lo:width] = x[:, lo:hi].T @ x[:, lo:]

@@ -8,9 +8,11 @@ With the input unfolded into patches X_n [J, L] (J = C_in · kernel size, L outp
 * parameter side:  Jθᵀ V_nk = (V_nk X_nᵀ, V_nk 1)  — diagonal and blocks are exact from these.
 * Hessian block:   Σ_n Jθᵀ H_n Jθ from the [N, Do, Do] per-sample output Hessians (Jθ applied twice):
   memory N · Do · P_layer, exact.
-* Kronecker (the "expand" convention of Grosse & Martens 2016 / BackPACK): A = Σ_n Σ_l x̃_nl x̃_nlᵀ
-  (divided by N), G = Σ_nkl V_nkl V_nklᵀ; KFRA's G = Σ_l Ḡ[(·,l), (·,l)]. Bias "augmented" as for
-  Linear. These are approximations even at N = 1 (they ignore correlations across positions).
+* Kronecker (KFC, Grosse & Martens 2016; the "expand" convention of Eschenhagen et al. 2023, as in
+  curvlinops): A = Σ_n Σ_l x̃_nl x̃_nlᵀ / (N·L) (averaged over samples and positions),
+  G = Σ_nkl V_nkl V_nklᵀ (summed over positions); KFRA's G = Σ_l Ḡ[(·,l), (·,l)]. Under KFC's spatially
+  uncorrelated derivatives, G ⊗ A = Σ_l E[x xᵀ] ⊗ E[g gᵀ]. Bias "augmented" as for Linear. These are
+  approximations even at N = 1 (they ignore correlations across positions).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class ConvRule(ParameterRule):
 
     def kron_input(self, record: Record) -> tuple[torch.Tensor, int]:
         x = self._augmented(record)
-        return torch.einsum("njl,nil->ji", x, x), x.shape[0]
+        return torch.einsum("njl,nil->ji", x, x) / x.shape[-1], x.shape[0]
 
     def kron_output(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
         flat = factor.flatten(3) if factor.ndim > 4 else factor

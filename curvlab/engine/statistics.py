@@ -281,6 +281,8 @@ class _Term:
             passed = rule.backprop_scaled_rows(record, self.rows, self.scale)
             if passed is not None:
                 return _Term(self.weights, rows=passed[0], scale=passed[1])
+            check_dense_allocation((self.scale.shape[0], *self.rows.shape), self.rows.dtype,
+                                   f"diag_hessian square-root factor of layer {record.name!r}")
             self.factor = self.rows.unsqueeze(0) * self.scale.unsqueeze(1)
         return _Term(self.weights, factor=rule.backprop(record, self.factor))
 

@@ -163,3 +163,13 @@ def test_blocks_and_factors_respect_the_memory_budget():
     assert small["diag_ggn"].diagonal().shape == (43,)
     torch.testing.assert_close(ggn.diagonal(), small["diag_ggn"].diagonal())
     assert _hook_count(model) == 0
+
+
+def test_kfra_refuses_an_oversized_per_sample_allocation_before_making_it():
+    import curvlab
+    from curvlab.errors import MemoryBudgetError
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
+    with curvlab.memory_budget(2**12), pytest.raises(MemoryBudgetError, match="kfra"):
+        curvlab.compute(model, nn.CrossEntropyLoss(), (x, y), ["kfra"], progress=False)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from curvlab.errors import UnsupportedModuleError
+from curvlab.guards import check_dense_allocation
 
 __all__ = ["ModuleRule", "ParameterRule", "Record"]
 
@@ -117,6 +118,9 @@ class ModuleRule:
 
     def backprop_hessian(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
         """Botev's recursion: [N, Do, Do] -> Jᵀ H J + Σ_k g_k ∇²y_k, [N, Di, Di]."""
+        features = record.inputs[0].numel()
+        check_dense_allocation((hessian.shape[0], features, features), hessian.dtype,
+                               f"per-sample input Hessians of layer {record.name!r}")
         result = self.sandwich(record, hessian)
         residual = self.second_derivative_term(record)
         return result if residual is None else result + residual
@@ -125,7 +129,9 @@ class ModuleRule:
         """E_n[J_nᵀ Ḡ J_n]: [Do, Do] -> [Di, Di] (no second-derivative terms, as in KFRA)."""
         if self.input_independent_jacobian:
             record = _first_sample(record)
-        expanded = gbar.expand(record.inputs.shape[0], *gbar.shape)
+        num, features = record.inputs.shape[0], record.inputs[0].numel()
+        check_dense_allocation((num, features, features), gbar.dtype, f"kfra per-sample J_nᵀ Ḡ J_n of layer {record.name!r}")
+        expanded = gbar.expand(num, *gbar.shape)
         return self.sandwich(record, expanded).mean(0)
 
 

@@ -35,7 +35,7 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
     act = _activation(activation)
     sizes = [in_features, *hidden, out_features]
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(act())

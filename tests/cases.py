@@ -58,7 +58,7 @@ def _binary(in_shape, out_dim):
 def mlp(act: type[nn.Module], sizes=(4, 5, 3)) -> Callable[[], nn.Module]:
     def build():
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(act())

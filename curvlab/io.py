@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["KINDS", "load", "save"]
+__all__ = ["KINDS", "load", "save", "write_netcdf"]
 
 #: ``curvlab_kind`` → ``"module:Class"``. Add a line here to make :func:`load` read a new kind; the
 #: class must provide ``from_xarray(obj)``.
@@ -138,6 +138,27 @@ def save(obj: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
             f"back (known: {', '.join(KINDS)}); add it to curvlab.io.KINDS"
         )
     _check_attr_values(data)
+    return write_netcdf(data, path, overwrite=overwrite)
+
+
+def write_netcdf(data: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write any xarray ``Dataset``/``DataTree`` to ``path`` as netCDF-4 (h5netcdf), atomically.
+
+    The file is written to a temporary file in the same directory and moved into place with
+    ``os.replace``, so an interrupted write never leaves half a file at ``path``. :func:`save` uses it
+    for representations; the analysis layer for its result datasets.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        FileNotFoundError: the directory of ``path`` does not exist.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the directory {path.parent} of {path} does not exist")
     _require_backend()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -32,6 +32,7 @@ import xarray as xr
 from torch import nn
 
 from curvlab.datasets import load_dataset
+from curvlab.io import write_netcdf
 from curvlab.models import mlp
 from curvlab.optim import SGN
 from curvlab.provenance import provenance
@@ -174,23 +175,10 @@ def run(config: dict, out: Path, smoke: bool) -> xr.Dataset:
         ),
     )
     out.mkdir(parents=True, exist_ok=True)
-    write_netcdf(ds, out / "curves.nc")
+    write_netcdf(ds, out / "curves.nc", overwrite=True)
     write_table(ds, out)
     plot(ds, out / "curves.png")
     return ds
-
-
-def write_netcdf(ds: xr.Dataset, path: Path) -> None:
-    """netCDF-4 through h5netcdf when h5py is installed, else netCDF-3 through scipy (int32 coordinates)."""
-    import importlib.util
-
-    if importlib.util.find_spec("h5py") is not None:
-        ds.to_netcdf(path, engine="h5netcdf")
-        return
-    ds = ds.copy()
-    for name in ("seed", "epoch"):
-        ds[name] = ds[name].astype(np.int32)
-    ds.to_netcdf(path, engine="scipy")
 
 
 def final_table(ds: xr.Dataset) -> list[dict]:

@@ -100,19 +100,39 @@ def top_eigenvectors(matrix, k: int) -> torch.Tensor:
 
 
 def relative_frobenius_error(exact, approx) -> torch.Tensor:
-    """‖A − E‖_F / ‖E‖_F, a 0-d float64 tensor (NaN if E = 0)."""
+    """‖A − E‖_F / ‖E‖_F, a 0-d float64 tensor (NaN if E = 0).
+
+    ``exact`` E and ``approx`` A are [n, n] tensors or representations (``dense()`` is used).
+
+    Example:
+        >>> E = torch.diag(torch.tensor([3.0, 4.0]))
+        >>> float(relative_frobenius_error(E, torch.zeros(2, 2))), float(relative_frobenius_error(E, E))
+        (1.0, 0.0)
+    """
     e, a = _pair(exact, approx)
     return _ratio(torch.linalg.matrix_norm(a - e), torch.linalg.matrix_norm(e))
 
 
 def relative_spectral_error(exact, approx) -> torch.Tensor:
-    """‖A − E‖₂ / ‖E‖₂, a 0-d float64 tensor (NaN if E = 0)."""
+    """‖A − E‖₂ / ‖E‖₂, a 0-d float64 tensor (NaN if E = 0).
+
+    Example:
+        >>> E = torch.diag(torch.tensor([2.0, 1.0]))
+        >>> float(relative_spectral_error(E, torch.diag(torch.tensor([2.0, 0.0]))))
+        0.5
+    """
     e, a = _pair(exact, approx)
     return _ratio(spectral_norm(a - e), spectral_norm(e))
 
 
 def cosine_similarity(exact, approx) -> torch.Tensor:
-    """⟨A, E⟩_F / (‖A‖_F ‖E‖_F) ∈ [−1, 1], a 0-d float64 tensor (NaN if either is 0)."""
+    """⟨A, E⟩_F / (‖A‖_F ‖E‖_F) ∈ [−1, 1], a 0-d float64 tensor (NaN if either is 0).
+
+    Example:
+        >>> E = torch.eye(2)
+        >>> round(float(cosine_similarity(E, 5 * E)), 12), float(cosine_similarity(E, torch.tensor([[0.0, 1.0], [1.0, 0.0]])))
+        (1.0, 0.0)
+    """
     e, a = _pair(exact, approx)
     return _ratio((a * e).sum(), torch.linalg.matrix_norm(a) * torch.linalg.matrix_norm(e))
 
@@ -121,6 +141,11 @@ def eigenspace_overlap(exact, approx, k: int) -> torch.Tensor:
     """‖V_kᵀ W_k‖_F² / k ∈ [0, 1] between the top-k eigenspaces of E and A (0-d float64 tensor).
 
     With tied eigenvalues at the cut the top-k space is not unique; the value then depends on the solver.
+
+    Example:
+        >>> E, A = torch.diag(torch.tensor([3.0, 2.0, 1.0])), torch.diag(torch.tensor([1.0, 2.0, 3.0]))
+        >>> float(eigenspace_overlap(E, E, 2)), float(eigenspace_overlap(E, A, 1))
+        (1.0, 0.0)
     """
     e, a = _pair(exact, approx)
     v, w = top_eigenvectors(e, k), top_eigenvectors(a, k)

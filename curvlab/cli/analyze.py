@@ -61,6 +61,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def add_parser(sub) -> None:
+    """Register ``curvlab analyze`` on the sub-parsers."""
     parser = sub.add_parser("analyze", help="approximation quality and layer interactions across training",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_options(parser, hidden="16,16")
@@ -120,6 +121,7 @@ def _load_state(model: torch.nn.Module, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``curvlab analyze``; returns the exit code."""
     start = time.perf_counter()
     quantities = _validate(args)
     torch.set_num_threads(args.threads)

@@ -23,6 +23,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
@@ -30,6 +31,7 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
@@ -37,6 +39,7 @@ def non_negative_int(text: str) -> int:
 
 
 def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated positive widths, e.g. ``"32,32"`` -> ``(32, 32)``."""
     try:
         values = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
@@ -47,6 +50,7 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, hidden: str = "32,32") -> None:
+    """Add the data set, model preset, batch size, seed, dtype and limit options."""
     group = parser.add_argument_group("data and model")
     group.add_argument("--dataset", choices=curvlab.datasets.DATASETS, default="digits",
                        help="digits and diabetes ship with scikit-learn; sine is generated; mnist needs --data-path")
@@ -61,6 +65,7 @@ def add_data_options(parser: argparse.ArgumentParser, *, hidden: str = "32,32") 
 
 
 def add_output_options(parser: argparse.ArgumentParser, default: str) -> None:
+    """Add ``--out``, ``--overwrite`` and ``--no-progress``."""
     parser.add_argument("--out", type=Path, default=Path(default), help=f"output directory (default {default})")
     parser.add_argument("--overwrite", action="store_true", help="replace files in an existing output directory")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
@@ -77,6 +82,7 @@ def prepare_output(out: Path, overwrite: bool) -> Path:
 
 
 def loss_for(task: str) -> nn.Module:
+    """Cross-entropy for classification, mean squared error otherwise."""
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
 

@@ -26,6 +26,7 @@ REFERENCES = ("hessian", "ggn", "fisher", "empirical_fisher")
 
 
 def add_parser(sub) -> None:
+    """Register ``curvlab compute`` on the sub-parsers ``sub``."""
     parser = sub.add_parser("compute", help="exact dense curvature references of a briefly trained model",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_options(parser, hidden="16,16")
@@ -39,6 +40,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train briefly, compute the references and write one netCDF file per quantity; returns 0."""
     quantities = [q.strip() for q in args.quantities.split(",") if q.strip()]
     unknown = sorted(set(quantities) - set(REFERENCES))
     if unknown or not quantities:

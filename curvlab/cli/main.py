@@ -21,6 +21,7 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``curvlab`` parser with one sub-parser per command module."""
     parser = argparse.ArgumentParser(
         prog="curvlab", description="Curvature analysis for PyTorch models."
     )

@@ -23,6 +23,7 @@ _LONG = 100
 
 
 def add_parser(sub) -> None:
+    """Register ``curvlab show`` on the sub-parsers."""
     parser = sub.add_parser("show", help="summarise a saved .nc file", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", type=Path, help="a .nc file written by curvlab")
@@ -76,6 +77,7 @@ def _quality_table(ds: xr.Dataset) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``curvlab show``; returns the exit code."""
     obj = curvlab.analysis.netcdf.read(args.file)
     print(f"{args.file}")
     if isinstance(obj, xr.DataTree):

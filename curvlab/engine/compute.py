@@ -83,14 +83,15 @@ def compute(
     first = tuple(q for q in qs if q is not Quantity.EKFAC)
     if wants_ekfac and Quantity.KFLR not in first:
         first += (Quantity.KFLR,)
+    params = trainable_parameters(model)  # once per call (the hooks check the model's layers)
     common = {"mc_samples": mc_samples, "generator": generator}
-    stats, info = _run(model, adapter, data, first, progress, **common)
+    stats, info = _run(model, adapter, data, first, progress, [p for _, p in params], **common)
     if wants_ekfac:
         layers = {key[1] for key in stats.sums if key[0] == "kflr" and key[2] == "G"}
         factors = {layer: kronecker_factors(stats, "kflr", layer) for layer in layers}
-        refit, _ = _run(model, adapter, data, (Quantity.EKFAC,), progress, ekfac_factors=factors, **common)
+        refit, _ = _run(model, adapter, data, (Quantity.EKFAC,), progress, [p for _, p in params],
+                        ekfac_factors=factors, layer_partition=info["layer_partition"], **common)
         stats.sums.update(refit.sums)
-    params = trainable_parameters(model)
     attrs = provenance(
         model=model,
         loss_fn=loss_fn,
@@ -106,12 +107,11 @@ def compute(
             "reduction": adapter.reduction,
         },
     )
-    return assemble(model, qs, stats, partition, attrs)
+    return assemble(model, qs, stats, partition, attrs, layer_partition=info["layer_partition"])
 
 
-def _run(model, adapter, data, quantities, progress, **options) -> tuple[BatchStatistics, dict[str, Any]]:
+def _run(model, adapter, data, quantities, progress, params, **options) -> tuple[BatchStatistics, dict[str, Any]]:
     needs_grad = any(q.source in (Source.EMPIRICAL, Source.HESSIAN) for q in quantities)
-    params = [p for _, p in trainable_parameters(model)]
     total = 1 if is_single_batch(data) else (len(data) if hasattr(data, "__len__") else None)
     info: dict[str, Any] = {"batches": 0, "batch_size": None}
     with CurvatureHooks(model, adapter, quantities, **options) as hooks:
@@ -122,7 +122,10 @@ def _run(model, adapter, data, quantities, progress, **options) -> tuple[BatchSt
             info["batches"] += 1
             info["batch_size"] = info["batch_size"] or int(inputs.shape[0])
             with torch.set_grad_enabled(needs_grad):
-                loss = adapter(model(inputs), targets)
+                outputs = model(inputs)
                 if needs_grad:
-                    torch.autograd.grad(loss, params)
+                    torch.autograd.grad(adapter(outputs, targets), params)
+                else:  # no backward: the loss value is not needed, only the check of outputs and targets
+                    adapter.check(outputs, targets)
+    info["layer_partition"] = hooks.layer_partition
     return hooks.combined(), info

@@ -41,6 +41,7 @@ from curvlab.engine.statistics import EngineConfig, batch_statistics, has_traina
 from curvlab.errors import UnsupportedModuleError
 from curvlab.guards import check_finite
 from curvlab.losses import loss_adapter
+from curvlab.partition import Partition
 
 __all__ = ["CurvatureHooks"]
 
@@ -68,6 +69,7 @@ class CurvatureHooks:
             needed for ``ekfac``: its eigenvalues are refitted in their eigenbasis (``curvlab.compute``
             makes the two passes itself).
         rules: module type -> rule mapping (default :data:`curvlab.engine.rules.RULES`).
+        layer_partition: ``Partition.from_model(model, "layer")`` when the caller has it already.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
@@ -92,6 +94,7 @@ class CurvatureHooks:
         generator: torch.Generator | None = None,
         ekfac_factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         rules: Mapping[type, ModuleRule] = RULES,
+        layer_partition: Partition | None = None,
     ):
         self.model = model
         self.adapter = loss_adapter(loss_fn)
@@ -115,8 +118,9 @@ class CurvatureHooks:
                     f"node {self.graph.first_branch()!r}; GGN, Fisher and full Hessian quantities work on it"
                 )
         self._by_module = {id(layer.module): layer for layer in self.layers}
-        part = model_partition(model, "layer")
-        self._layout = {g.name: g.contiguous for g in part.groups}
+        #: the model's "layer" partition (its groups are the parameterised layers)
+        self.layer_partition = layer_partition if layer_partition is not None else model_partition(model, "layer")
+        self._layout = {g.name: g.contiguous for g in self.layer_partition.groups}
         self.accumulator = Accumulator(self.adapter.reduction)
         self._handles: list[Any] = []
         self._tensor_handles: list[Any] = []

@@ -55,14 +55,15 @@ def supported_layers(model: nn.Module, rules: Mapping[type, ModuleRule] = RULES)
             "layer has a name"
         )
     modules = dict(model.named_modules())
+    leaf_rules = {}  # checked once: the module's own error comes first
     for name, module in modules.items():
         if not list(module.children()):
-            rule_for(module, name, rules)  # the module's own error comes first
+            leaf_rules[name] = rule_for(module, name, rules)
     graph = graph_of(model)
     chain = None if graph is None else set(graph.modules)
     layers = []
     for name, module in modules.items():
-        if list(module.children()):
+        if name not in leaf_rules:
             own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
             if own:
                 raise UnsupportedModuleError(
@@ -77,7 +78,7 @@ def supported_layers(model: nn.Module, rules: Mapping[type, ModuleRule] = RULES)
                     "forward does not call it; its curvature would be skipped"
                 )
             continue
-        layers.append(Layer(name, module, rule_for(module, name, rules)))
+        layers.append(Layer(name, module, leaf_rules[name]))
     if not any(layer.rule.has_parameters and layer.rule.trainable(layer.module) for layer in layers):
         raise UnsupportedModuleError(f"{type(model).__qualname__} has no trainable parameters in supported layers")
     return layers

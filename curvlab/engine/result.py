@@ -164,10 +164,15 @@ def assemble(
     stats: BatchStatistics,
     partition="layer",
     attrs: Mapping[str, Any] | None = None,
+    *,
+    layer_partition: Partition | None = None,
 ) -> Curvature:
-    """Build the representations of ``quantities`` from combined, scaled statistics."""
-    layer_part = model_partition(model, "layer")
-    user_part = model_partition(model, partition)
+    """Build the representations of ``quantities`` from combined, scaled statistics.
+
+    ``layer_partition``: the model's "layer" partition when the caller has it already.
+    """
+    layer_part = layer_partition if layer_partition is not None else model_partition(model, "layer")
+    user_part = layer_part if isinstance(partition, str) and partition == "layer" else model_partition(model, partition)
     modules = dict(model.named_modules())
     reps: dict[str, CurvatureRepresentation] = {}
     common = {"attrs": attrs}

@@ -25,7 +25,7 @@ from curvlab.engine.fx_check import ModelGraph
 from curvlab.engine.quantities import Form, Quantity, Source
 from curvlab.engine.rules import ParameterRule, Record
 from curvlab.guards import check_dense_allocation
-from curvlab.losses import LossAdapter
+from curvlab.losses import CrossEntropyAdapter, LossAdapter
 
 __all__ = ["BatchStatistics", "EngineConfig", "batch_statistics", "uses_kronecker"]
 
@@ -78,8 +78,14 @@ class BatchStatistics:
 
 
 def has_trainable(record: Record) -> bool:
-    """Whether a record is a layer with trainable parameters (frozen layers only pass factors on)."""
-    return record.rule.has_parameters and bool(record.rule.trainable(record.module))
+    """Whether a record is a layer with trainable parameters (frozen layers only pass factors on).
+
+    Cached on the record (one forward call: ``requires_grad`` does not change while it is processed).
+    """
+    cached = record.cache.get("has_trainable")
+    if cached is None:
+        cached = record.cache["has_trainable"] = record.rule.has_parameters and bool(record.rule.trainable(record.module))
+    return cached
 
 
 def uses_kronecker(rule: ParameterRule, record: Record) -> bool:
@@ -88,19 +94,33 @@ def uses_kronecker(rule: ParameterRule, record: Record) -> bool:
 
 
 def _propagate(
-    records: Sequence[Record], start: torch.Tensor, step: Callable, visit: Callable, graph: ModelGraph | None = None
+    records: Sequence[Record],
+    start: torch.Tensor,
+    step: Callable,
+    visit: Callable,
+    graph: ModelGraph | None = None,
+    step_inplace: Callable | None = None,
 ) -> None:
+    """Run ``visit`` at every trainable record and ``step`` down the chain (or graph) of records.
+
+    ``step_inplace`` (optional) is a ``step`` allowed to overwrite its input; it is used only when no
+    one else holds the value (it came from a rule whose ``backprop_allocates`` and no visit saw it).
+    """
     if graph is not None:
         _propagate_graph(records, start, step, visit, graph)
         return
     first = next(i for i, r in enumerate(records) if has_trainable(r))
-    value = start
+    value, owned = start, False  # owned: no one else holds `value` (a step may overwrite it)
     for i in range(len(records) - 1, first - 1, -1):
         record = records[i]
         if has_trainable(record):
             visit(record, value)
+            owned = False  # the visit may have kept a view of it
         if i > first:
-            value = step(record, value)
+            if owned and step_inplace is not None:
+                value = step_inplace(record, value)
+            else:
+                value, owned = step(record, value), record.rule.backprop_allocates
 
 
 def _propagate_graph(records, start, step: Callable, visit: Callable, graph: ModelGraph) -> None:
@@ -130,9 +150,41 @@ def _propagate_graph(records, start, step: Callable, visit: Callable, graph: Mod
             pending[j] = value if j not in pending else pending[j] + value
 
 
-def _output_factor(source: Source, adapter: LossAdapter, outputs: torch.Tensor, config: EngineConfig):
+def _drop_null_column(sqrt: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+    """A square root with one column fewer, [N, C, C-1], of S [N, C, C] with S_n q_n = 0, ‖q_n‖ = 1
+    (``sqrt`` unchanged if q is not a null vector of S to rounding).
+
+    With the Householder reflection Q_n = I − 2 u uᵀ/(uᵀu), u = q_n + e_j (j = argmax q_n, so
+    uᵀu ≥ 2), Q_n e_j = −q_n: column j of S_n Q_n is 0, and S_n Q_n Q_nᵀ S_nᵀ = S_n S_nᵀ. Dropping it
+    leaves every Σ_k v_k v_kᵀ statistic unchanged and saves 1/C of the propagation.
+
+    Example:
+        >>> p = torch.tensor([[0.2, 0.3, 0.5]], dtype=torch.float64)
+        >>> s = torch.diag_embed(p.sqrt()) - p[:, :, None] * p.sqrt()[:, None, :]
+        >>> t = _drop_null_column(s, p.sqrt())
+        >>> t.shape, torch.allclose(t @ t.mT, s @ s.mT)
+        (torch.Size([1, 3, 2]), True)
+    """
+    num, classes = null.shape
+    if float((sqrt @ null.unsqueeze(2)).abs().max()) > 64 * torch.finfo(sqrt.dtype).eps:
+        return sqrt  # q is not a null vector of S (another square root): keep every column
+    j = null.argmax(1)
+    u = null.clone()
+    u[torch.arange(num), j] += 1
+    su = (sqrt @ u.unsqueeze(2)) * (2 / (u * u).sum(1))[:, None, None]  # [N, C, 1]
+    reflected = sqrt - su * u.unsqueeze(1)
+    keep = torch.arange(classes - 1).expand(num, -1)
+    keep = keep + (keep >= j[:, None]).to(keep.dtype)  # every column but j
+    return reflected.gather(2, keep.unsqueeze(1).expand(num, classes, classes - 1))
+
+
+def _output_factor(source: Source, adapter: LossAdapter, outputs: torch.Tensor, config: EngineConfig,
+                   reduce_rank: bool = False):
     if source is Source.GGN:
         sqrt = adapter.sqrt_hessian(outputs)  # [N, C, C]
+        if reduce_rank and type(adapter) is CrossEntropyAdapter and outputs.ndim == 2 and outputs.shape[1] > 2:
+            # H_n = diag(p) − p pᵀ has rank C − 1 (null vector 1; S_n's null vector is √p)
+            sqrt = _drop_null_column(sqrt, outputs.detach().softmax(1).sqrt())
     else:
         sqrt = adapter.sqrt_hessian_mc(outputs, config.mc_samples, config.generator)  # [N, C, M]
     return sqrt.transpose(1, 2).reshape(sqrt.shape[0], sqrt.shape[2], *outputs.shape[1:])
@@ -160,11 +212,6 @@ def batch_statistics(
     for q in quantities:
         if q is not Quantity.HESSIAN:
             by_source.setdefault(q.source, []).append(q)
-    kronecker = [q for q in quantities if q.form in (Form.KRONECKER, Form.EKFAC)]
-    if kronecker:
-        for record in records:
-            if has_trainable(record) and uses_kronecker(record.rule, record):
-                stats.inputs[record.name] = record.rule.kron_input(record)[0]
     if Source.KFRA in by_source:
         _kfra(records, outputs, adapter, stats)
         fallback = [r for r in records if has_trainable(r) and not uses_kronecker(r.rule, r)]
@@ -178,10 +225,17 @@ def batch_statistics(
                 if has_trainable(record):
                     _visit_factor(record, record.grad.unsqueeze(1), qs, config, stats)
         elif source in (Source.GGN, Source.MC):
-            start = _output_factor(source, adapter, outputs, config)
+            # fewer columns only where the statistics are sums Σ_k v_k v_kᵀ (not the full factor's rows)
+            start = _output_factor(source, adapter, outputs, config, all(q.form is not Form.FULL for q in qs))
             extra = [Quantity.KFRA] if source is Source.GGN and Source.KFRA in by_source else []
             visit = functools.partial(_visit_factor, quantities=qs + extra, config=config, stats=stats)
-            _propagate(records, start, lambda r, v: r.rule.backprop(r, v), visit, graph)
+            _propagate(records, start, lambda r, v: r.rule.backprop(r, v), visit, graph,
+                       step_inplace=lambda r, v: r.rule.backprop_inplace(r, v))
+    if any(q.form in (Form.KRONECKER, Form.EKFAC) for q in quantities):
+        # after the propagation: its (large) factors are freed by then, which keeps the peak memory low
+        for record in records:
+            if has_trainable(record) and uses_kronecker(record.rule, record):
+                stats.inputs[record.name] = record.rule.kron_input(record)[0]
     return stats
 
 

@@ -76,9 +76,20 @@ class ModuleRule:
     def check_call(self, record: Record) -> None:
         """Raise if a recorded call (its input shapes) is not supported."""
 
+    #: ``True`` if :meth:`backprop` always returns new memory (never a view of its input or of the module).
+    backprop_allocates = False
+
     def backprop(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
         """Jᵀ V: [N, K, *out] -> [N, K, *in]."""
         raise NotImplementedError
+
+    def backprop_inplace(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        """:meth:`backprop`, allowed to overwrite ``factor`` (memory the caller holds exclusively).
+
+        Saves an allocation of the factor's size for elementwise modules; the default just calls
+        :meth:`backprop`.
+        """
+        return self.backprop(record, factor)
 
     def second_derivative_term(self, record: Record) -> torch.Tensor | None:
         """The residual Σ_k g_k ∇²_x y_k per sample, [N, Di, Di], or ``None`` if it vanishes."""

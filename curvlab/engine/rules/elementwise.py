@@ -54,21 +54,43 @@ def _leaky_relu(module, x, y):
     return torch.ones_like(x).masked_fill_(x <= 0, module.negative_slope), None
 
 
+def _sigmoid_first(module, x, y):
+    return y * (1 - y)
+
+
+def _sigmoid_second(module, x, y, d1):
+    return d1 * (1 - 2 * y)
+
+
+def _tanh_first(module, x, y):
+    return 1 - y * y
+
+
+def _tanh_second(module, x, y, d1):
+    return -2 * y * d1
+
+
 def _sigmoid(module, x, y):
-    d1 = y * (1 - y)
-    return d1, d1 * (1 - 2 * y)
+    d1 = _sigmoid_first(module, x, y)
+    return d1, _sigmoid_second(module, x, y, d1)
 
 
 def _tanh(module, x, y):
-    d1 = 1 - y * y
-    return d1, -2 * y * d1
+    d1 = _tanh_first(module, x, y)
+    return d1, _tanh_second(module, x, y, d1)
 
 
 class ElementwiseRule(ModuleRule):
-    """An elementwise activation, given how to get f' and f'' (``None`` for f'' = 0 a.e.)."""
+    """An elementwise activation, given how to get f' and f'' (``None`` for f'' = 0 a.e.).
 
-    def __init__(self, derivatives: Derivatives = autograd_derivatives):
+    ``first`` ((module, x, y) -> f') and ``second`` ((module, x, y, f') -> f'') split ``derivatives``
+    for closed forms, so that quantities needing only f' (GGN, Fisher, KFRA) never compute f''.
+    """
+
+    def __init__(self, derivatives: Derivatives = autograd_derivatives, *, first=None, second=None):
         self.derivatives = derivatives
+        self.first = first
+        self.second = second
 
     def check(self, name: str, module: nn.Module) -> None:
         if getattr(module, "inplace", False):
@@ -79,11 +101,29 @@ class ElementwiseRule(ModuleRule):
 
     def _derivs(self, record: Record) -> tuple[torch.Tensor, torch.Tensor | None]:
         if "derivatives" not in record.cache:
-            record.cache["derivatives"] = self.derivatives(record.module, record.inputs, record.outputs)
+            if self.first is None:
+                record.cache["derivatives"] = self.derivatives(record.module, record.inputs, record.outputs)
+            else:
+                d1 = self._first(record)
+                d2 = None if self.second is None else self.second(record.module, record.inputs, record.outputs, d1)
+                record.cache["derivatives"] = d1, d2
         return record.cache["derivatives"]
 
+    def _first(self, record: Record) -> torch.Tensor:
+        """f'(x) alone (f'' only when a Hessian quantity asks for it)."""
+        if self.first is None:
+            return self._derivs(record)[0]
+        if "first" not in record.cache:
+            record.cache["first"] = self.first(record.module, record.inputs, record.outputs)
+        return record.cache["first"]
+
+    backprop_allocates = True
+
     def backprop(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
-        return factor * self._derivs(record)[0].unsqueeze(1)
+        return factor * self._first(record).unsqueeze(1)
+
+    def backprop_inplace(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        return factor.mul_(self._first(record).unsqueeze(1))
 
     def backprop_hessian(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
         d1, d2 = self._derivs(record)
@@ -96,10 +136,10 @@ class ElementwiseRule(ModuleRule):
         return result
 
     def backprop_diagonal(self, record: Record, diag: torch.Tensor) -> torch.Tensor:
-        return diag * self._derivs(record)[0].pow(2)
+        return diag * self._first(record).pow(2)
 
     def backprop_scaled_rows(self, record, rows, scale):
-        return rows, scale * self._derivs(record)[0]
+        return rows, scale * self._first(record)
 
     def second_derivative_diagonal(self, record: Record) -> torch.Tensor | None:
         d2 = self._derivs(record)[1]
@@ -110,20 +150,20 @@ class ElementwiseRule(ModuleRule):
         return d2 * record.grad
 
     def sandwich(self, record: Record, hessian: torch.Tensor) -> torch.Tensor:
-        d1 = self._derivs(record)[0].flatten(1)
+        d1 = self._first(record).flatten(1)
         return hessian * d1[:, :, None] * d1[:, None, :]
 
     def kfra_backprop(self, record: Record, gbar: torch.Tensor) -> torch.Tensor:
-        d1 = self._derivs(record)[0].flatten(1)
+        d1 = self._first(record).flatten(1)
         return gbar * gram(d1) / d1.shape[0]
 
 
 #: The elementwise rules by module type.
 ELEMENTWISE_RULES: dict[type[nn.Module], ModuleRule] = {
-    nn.ReLU: ElementwiseRule(_relu),
-    nn.LeakyReLU: ElementwiseRule(_leaky_relu),
-    nn.Sigmoid: ElementwiseRule(_sigmoid),
-    nn.Tanh: ElementwiseRule(_tanh),
+    nn.ReLU: ElementwiseRule(_relu, first=lambda module, x, y: _relu(module, x, y)[0]),
+    nn.LeakyReLU: ElementwiseRule(_leaky_relu, first=lambda module, x, y: _leaky_relu(module, x, y)[0]),
+    nn.Sigmoid: ElementwiseRule(_sigmoid, first=_sigmoid_first, second=_sigmoid_second),
+    nn.Tanh: ElementwiseRule(_tanh, first=_tanh_first, second=_tanh_second),
     nn.ELU: ElementwiseRule(),
     nn.SELU: ElementwiseRule(),
     nn.Softplus: ElementwiseRule(),

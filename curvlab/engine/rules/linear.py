@@ -26,6 +26,7 @@ class LinearRule(ParameterRule):
     """``nn.Linear`` with 2-D inputs (see the module docstring)."""
 
     has_kronecker = True
+    backprop_allocates = True
 
     def check_call(self, record: Record) -> None:
         if record.inputs.ndim != 2:

@@ -113,6 +113,13 @@ class LossAdapter(ABC):
     def output_hessian(self, outputs: torch.Tensor) -> torch.Tensor:
         """H_n = ∂²ℓ_n/∂f_n², [N, C, C], unscaled."""
 
+    def output_hessian_product(self, outputs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """H_n u_n per sample, [N, C], unscaled, for ``u`` [N, C] (C = flattened output size).
+
+        The closed forms below never build [N, C, C]; this default does (``output_hessian @ u``).
+        """
+        return torch.einsum("nij,nj->ni", self.output_hessian(outputs), u)
+
     @abstractmethod
     def sqrt_hessian(self, outputs: torch.Tensor) -> torch.Tensor:
         """S_n, [N, C, C], with S_n S_nᵀ = H_n, unscaled (the cheapest closed form; not always symmetric)."""
@@ -189,6 +196,9 @@ class MSEAdapter(LossAdapter):
         eye = torch.eye(c, dtype=outputs.dtype, device=outputs.device)
         return (2 * eye).expand(n, c, c).clone()
 
+    def output_hessian_product(self, outputs, u):
+        return 2 * u
+
     def sqrt_hessian(self, outputs):
         return self.output_hessian(outputs) / 2**0.5
 
@@ -202,9 +212,13 @@ class MSEAdapter(LossAdapter):
 
 
 class CrossEntropyAdapter(LossAdapter):
-    """``nn.CrossEntropyLoss`` with class-index targets: ℓ_n = −log softmax(f_n)_{y_n}."""
+    """``nn.CrossEntropyLoss`` with class-index targets, on [N, C] or [N, C, d₁, …] logits.
 
-    per_sample_mean_only = True
+    With T = d₁⋯d_k positions (1 for [N, C]) and p_{·t} = softmax over the C classes at position t,
+    ℓ_n = −Σ_t log p_{y_nt, t}; Z = N·T for reduction 'mean'. A sample's flattened output has C·T
+    entries in the layout of ``outputs[n].flatten()`` (index c·T + t), and its Hessian is block
+    diagonal over positions: H_n[(c,t),(c',t')] = δ_{tt'} (δ_{cc'} p_{ct} − p_{ct} p_{c't}).
+    """
 
     def __init__(self, loss_fn: nn.CrossEntropyLoss):
         super().__init__(loss_fn)
@@ -217,18 +231,16 @@ class CrossEntropyAdapter(LossAdapter):
 
     def check(self, outputs, targets):
         super().check(outputs, targets)
-        if outputs.ndim != 2:
-            raise UnsupportedLossError(
-                f"{self.name}: outputs must be [N, C] logits, got {tuple(outputs.shape)}"
-            )
         if targets.is_floating_point():
             raise UnsupportedLossError(
                 f"{self.name}: soft (class-probability) targets {tuple(targets.shape)} {targets.dtype} are "
-                "not supported: use [N] class indices"
+                "not supported: use class indices"
             )
-        if targets.shape != outputs.shape[:1]:
+        expected = (outputs.shape[0], *outputs.shape[2:])
+        if tuple(targets.shape) != expected:
             raise UnsupportedLossError(
-                f"{self.name}: targets must be [N] class indices, got {tuple(targets.shape)} {targets.dtype}"
+                f"{self.name}: logits {tuple(outputs.shape)} need class-index targets of shape "
+                f"{expected}, got {tuple(targets.shape)} {targets.dtype}"
             )
         if bool((targets == self.loss_fn.ignore_index).any()):
             raise UnsupportedLossError(
@@ -240,28 +252,60 @@ class CrossEntropyAdapter(LossAdapter):
                 f"{int(targets.min())}..{int(targets.max())}"
             )
 
+    def normalizer(self, outputs: torch.Tensor) -> int:
+        if self.reduction == "sum":
+            return 1
+        return outputs.shape[0] * (outputs[0].numel() // outputs.shape[1])
+
+    @staticmethod
+    def _positions(outputs: torch.Tensor) -> torch.Tensor:
+        """[N, C, T] view of [N, C, d₁, …] logits."""
+        return outputs.reshape(outputs.shape[0], outputs.shape[1], -1)
+
     def _flat_targets(self, targets, outputs):
-        return targets
+        return targets.reshape(targets.shape[0], -1)  # [N, T]
+
+    @staticmethod
+    def _unflat(outputs, targets):
+        """Flattened [N, C·T] outputs and [N, T] targets as [N, C, T] logits."""
+        return outputs.reshape(outputs.shape[0], -1, targets.shape[1])
 
     def _per_sample_loss(self, outputs, targets):
-        return -outputs.log_softmax(1).gather(1, targets[:, None]).squeeze(1)
+        logp = self._unflat(outputs, targets).log_softmax(1)
+        return -logp.gather(1, targets[:, None, :]).squeeze(1).sum(1)
 
     def _output_gradient(self, outputs, targets):
-        return outputs.softmax(1) - F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
+        logits = self._unflat(outputs, targets)
+        onehot = F.one_hot(targets, logits.shape[1]).to(outputs.dtype).transpose(1, 2)
+        return (logits.softmax(1) - onehot).flatten(1)
 
     def output_hessian(self, outputs):
-        p = outputs.softmax(1)
-        return torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        p = self._positions(outputs).softmax(1)  # [N, C, T]
+        n, c, t = p.shape
+        eye_t = torch.eye(t, dtype=p.dtype, device=p.device)
+        outer = torch.einsum("nat,nbt,tu->natbu", p, p, eye_t).reshape(n, c * t, c * t)
+        return torch.diag_embed(p.flatten(1)) - outer
+
+    def output_hessian_product(self, outputs, u):
+        p = self._positions(outputs).softmax(1)  # [N, C, T]
+        pu = p * u.reshape(p.shape)
+        return (pu - p * pu.sum(1, keepdim=True)).flatten(1)
 
     def sqrt_hessian(self, outputs):
-        p = outputs.softmax(1)
+        p = self._positions(outputs).softmax(1)
+        n, c, t = p.shape
         sqrt_p = p.sqrt()
-        return torch.diag_embed(sqrt_p) - p[:, :, None] * sqrt_p[:, None, :]
+        eye_t = torch.eye(t, dtype=p.dtype, device=p.device)
+        outer = torch.einsum("nat,nbt,tu->natbu", p, sqrt_p, eye_t).reshape(n, c * t, c * t)
+        return torch.diag_embed(sqrt_p.flatten(1)) - outer
 
     def sample_targets(self, outputs, mc_samples=1, generator=None):
-        p = outputs.detach().softmax(1)
-        draws = torch.multinomial(p, mc_samples, replacement=True, generator=generator)  # [N, M]
-        return draws.T.contiguous()
+        p = self._positions(outputs.detach()).softmax(1)  # [N, C, T]
+        n, c, t = p.shape
+        draws = torch.multinomial(
+            p.transpose(1, 2).reshape(n * t, c), mc_samples, replacement=True, generator=generator
+        )  # [N·T, M]
+        return draws.T.reshape(mc_samples, n, *outputs.shape[2:]).contiguous()
 
 
 class BCEWithLogitsAdapter(LossAdapter):
@@ -290,6 +334,10 @@ class BCEWithLogitsAdapter(LossAdapter):
     def output_hessian(self, outputs):
         s = outputs.flatten(1).sigmoid()
         return torch.diag_embed(s * (1 - s))
+
+    def output_hessian_product(self, outputs, u):
+        s = outputs.flatten(1).sigmoid()
+        return s * (1 - s) * u
 
     def sqrt_hessian(self, outputs):
         s = outputs.flatten(1).sigmoid()

@@ -40,9 +40,11 @@ def elementary_loss(
     if isinstance(adapter, MSEAdapter):
         total = (flat - targets.reshape(flat.shape).to(flat.dtype)).square().sum()
     elif isinstance(adapter, CrossEntropyAdapter):
-        shift = flat.real.amax(1, keepdim=True).detach()  # any constant shift is exact
-        lse = (flat - shift).exp().sum(1).log() + shift[:, 0]
-        total = (lse - flat.gather(1, targets[:, None])[:, 0]).sum()
+        logits = outputs.reshape(outputs.shape[0], outputs.shape[1], -1)  # [N, C, T]
+        shift = logits.real.amax(1, keepdim=True).detach()  # any constant shift is exact
+        lse = (logits - shift).exp().sum(1).log() + shift[:, 0]
+        picked = logits.gather(1, targets.reshape(outputs.shape[0], 1, -1))[:, 0]
+        total = (lse - picked).sum()
     elif isinstance(adapter, BCEWithLogitsAdapter):
         positive = flat.real > 0
         softplus = torch.where(positive, flat, torch.zeros_like(flat)) + (

@@ -17,7 +17,6 @@ import torch
 from torch.func import jvp, linearize, vjp, vmap
 
 from curvlab.errors import CurvlabWarning
-from curvlab.losses import BCEWithLogitsAdapter, CrossEntropyAdapter, MSEAdapter
 from curvlab.operators.model_operator import ModelCurvatureOperator, quiet_forward_ad
 
 __all__ = ["OutputSandwichOperator", "output_hessian_product"]
@@ -114,8 +113,8 @@ class OutputSandwichOperator(ModelCurvatureOperator):
 def output_hessian_product(adapter, outputs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """H_n u_n per sample, [N, C], for the loss Hessian w.r.t. the outputs (unscaled), in closed form.
 
-    MSE: 2u;  cross-entropy: p ⊙ u − p (pᵀu) with p = softmax(f);  BCE with logits: σ(1−σ) ⊙ u.
-    Other adapters fall back to ``adapter.output_hessian(outputs) @ u``.
+    MSE: 2u;  cross-entropy: p ⊙ u − p (pᵀu) per position with p = softmax(f);  BCE with logits:
+    σ(1−σ) ⊙ u (``LossAdapter.output_hessian_product``).
 
     Args:
         adapter: a :class:`curvlab.losses.LossAdapter`.
@@ -129,13 +128,4 @@ def output_hessian_product(adapter, outputs: torch.Tensor, u: torch.Tensor) -> t
         >>> torch.allclose(output_hessian_product(ce, f, u), (h @ u[:, :, None])[..., 0])
         True
     """
-    f = outputs.reshape(outputs.shape[0], -1)
-    if isinstance(adapter, MSEAdapter):
-        return 2 * u
-    if isinstance(adapter, CrossEntropyAdapter):
-        p = f.softmax(1)
-        return p * u - p * (p * u).sum(1, keepdim=True)
-    if isinstance(adapter, BCEWithLogitsAdapter):
-        s = f.sigmoid()
-        return s * (1 - s) * u
-    return torch.einsum("nij,nj->ni", adapter.output_hessian(outputs), u)
+    return adapter.output_hessian_product(outputs, u)

@@ -40,10 +40,14 @@ MSE_PREDICTIVE_VARIANCE = 0.5
 
 
 def _categorical(outputs: torch.Tensor) -> torch.Tensor:
-    p = outputs.softmax(1)  # [N, C]
-    classes = torch.eye(p.shape[1], dtype=p.dtype, device=p.device)  # e_c, [C, C]
-    g = p[:, None, :] - classes[None]  # g(c) for every class c, [N, C(class), C]
-    return torch.einsum("nc,nci,ncj->nij", p, g, g)
+    p = outputs.reshape(outputs.shape[0], outputs.shape[1], -1).softmax(1)  # [N, C, T]
+    n, c, t = p.shape
+    classes = torch.eye(c, dtype=p.dtype, device=p.device)  # e_c, [C, C]
+    g = p[:, None, :, :] - classes[None, :, :, None]  # g(ĉ) per position, [N, C(ĉ), C, T]
+    # E[g_t g_uᵀ] = E[g_t] E[g_u]ᵀ = 0 for t ≠ u: positions draw independently and E[g] = 0.
+    moment = torch.einsum("nkt,nkit,nkjt->nijt", p, g, g)  # [N, C, C, T]
+    eye_t = torch.eye(t, dtype=p.dtype, device=p.device)
+    return torch.einsum("nijt,tu->nitju", moment, eye_t).reshape(n, c * t, c * t)
 
 
 def _bernoulli(outputs: torch.Tensor) -> torch.Tensor:

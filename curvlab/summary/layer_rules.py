@@ -253,7 +253,11 @@ def loss_third_order(adapter, outputs: torch.Tensor, targets: torch.Tensor, jets
     from curvlab.losses import BCEWithLogitsAdapter, CrossEntropyAdapter, MSEAdapter
 
     z = adapter.normalizer(outputs)
-    if not isinstance(adapter, (MSEAdapter, CrossEntropyAdapter, BCEWithLogitsAdapter)):
+    closed_form = isinstance(adapter, (MSEAdapter, BCEWithLogitsAdapter)) or (
+        isinstance(adapter, CrossEntropyAdapter) and outputs.ndim == 2
+    )
+    if not closed_form:
+
         def loss(f):
             return adapter.per_sample_loss(f, targets).sum() / z
 

@@ -256,14 +256,14 @@ def test_unsupported_losses_are_named(loss_fn, culprit):
         (
             nn.CrossEntropyLoss(),
             torch.zeros(3, 2, 4),
-            torch.zeros(3, 4, dtype=torch.long),
-            r"\[N, C\] logits",
+            torch.zeros(3, 5, dtype=torch.long),
+            r"targets of shape \(3, 4\)",
         ),
         (
             nn.CrossEntropyLoss(),
             torch.zeros(3, 2),
             torch.zeros(3, 1, dtype=torch.long),
-            "class indices",
+            "class-index targets",
         ),
         (
             nn.CrossEntropyLoss(),
@@ -314,3 +314,29 @@ def test_symmetric_sqrt_hessian_is_symmetric_square_root(make_loss):
     root = adapter.symmetric_sqrt_hessian(outputs)
     torch.testing.assert_close(root, root.transpose(1, 2))
     torch.testing.assert_close(root @ root, adapter.output_hessian(outputs))
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (4, 3, 5), (2, 3, 2, 2)], ids=["NC", "NCT", "NCHW"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_on_positions_matches_autograd(shape, reduction):
+    """[N, C, d…] logits: loss, gradient, per-sample Hessian (block diagonal over positions), square
+    root and output-Hessian products equal torch's autograd of ``nn.CrossEntropyLoss``."""
+    torch.manual_seed(0)
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction)
+    adapter = loss_adapter(loss_fn)
+    f = torch.randn(*shape, dtype=torch.float64)
+    y = torch.randint(0, shape[1], (shape[0], *shape[2:]))
+    z = adapter.normalizer(f)
+    assert z == (f[:, 0].numel() if reduction == "mean" else 1)
+    assert torch.allclose(adapter.per_sample_loss(f, y).sum() / z, loss_fn(f, y))
+    grad = torch.autograd.grad(loss_fn(f.requires_grad_(), y), f)[0].detach()
+    f = f.detach()
+    assert torch.allclose(adapter.output_gradient(f, y) / z, grad.flatten(1))
+    n, c = shape[0], f[0].numel()
+    full = torch.autograd.functional.hessian(lambda t: z * loss_fn(t, y), f).reshape(n, c, n, c)
+    per_sample = torch.stack([full[i, :, i, :] for i in range(n)])
+    assert torch.allclose(adapter.output_hessian(f), per_sample)
+    root = adapter.sqrt_hessian(f)
+    assert torch.allclose(root @ root.transpose(1, 2), per_sample)
+    u = torch.randn(n, c, dtype=torch.float64)
+    assert torch.allclose(adapter.output_hessian_product(f, u), (per_sample @ u[..., None])[..., 0])

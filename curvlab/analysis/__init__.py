@@ -6,7 +6,10 @@ Modules (one concept each):
   top-k eigenspace overlap);
 * :mod:`~curvlab.analysis.steps` – damped Newton step quality (cosine, quadratic-model decrease ratio);
 * :mod:`~curvlab.analysis.interactions` – block norms, interaction strength, GroupedNewton H̄ / H̄⁻¹;
-* :mod:`~curvlab.analysis.comparison` – all of the above in one ``xarray.Dataset``;
+* :mod:`~curvlab.analysis.comparison` – all of the above in one ``xarray.Dataset``, dense or matrix-free;
+* :mod:`~curvlab.analysis.matrix_free` – the same dataset from products only, with error bars, built on
+  :mod:`~curvlab.analysis.probes` (Hutchinson block sketches), :mod:`~curvlab.analysis.lanczos` (spectral
+  norms, eigenspaces) and :mod:`~curvlab.analysis.free_steps` (exact steps by CG / MINRES);
 * :mod:`~curvlab.analysis.measurement` – reference + approximations of a model, compared in one call;
 * :mod:`~curvlab.analysis.tracking` – a callback recording quantities along training, saved as it goes;
 * :mod:`~curvlab.analysis.plots` – figures;
@@ -42,6 +45,10 @@ _NAMES = {
     "DEFAULT_DAMPINGS": "comparison",
     "SummaryInput": "comparison",
     "compare": "comparison",
+    "choose_method": "comparison",
+    "DENSE_LIMIT": "comparison",
+    "compare_matrix_free": "matrix_free",
+    "exact_operator": "measurement",
     "APPROXIMATIONS": "measurement",
     "REFERENCES": "measurement",
     "Measurement": "measurement",

@@ -41,9 +41,26 @@ from curvlab.analysis.matrices import as_dense, as_vector, block_indices, group_
 from curvlab.analysis.quality import Metric, spectral_norm, top_eigenvectors
 from curvlab.analysis.steps import damped_steps, eigen_steps, step_quality, summary_steps
 
-__all__ = ["DEFAULT_DAMPINGS", "STEP_METRICS", "SummaryInput", "compare"]
+__all__ = ["DEFAULT_DAMPINGS", "DENSE_LIMIT", "STEP_METRICS", "SummaryInput", "choose_method", "compare"]
 
 DEFAULT_DAMPINGS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+#: ``method="auto"`` compares densely up to this many parameters, matrix-free above.
+DENSE_LIMIT = 6000
+METHODS = ("auto", "dense", "matrix-free")
+
+
+def choose_method(size: int, method: str = "auto", dense_limit: int = DENSE_LIMIT) -> str:
+    """``"dense"`` or ``"matrix-free"``: ``method`` itself, or for ``"auto"`` dense iff ``size <= dense_limit``.
+
+    Example:
+        >>> choose_method(13002), choose_method(1000), choose_method(10, "matrix-free")
+        ('matrix-free', 'dense', 'matrix-free')
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "auto":
+        return "dense" if size <= dense_limit else "matrix-free"
+    return method
 STEP_METRICS = ("step_cosine", "decrease_ratio")
 
 _LONG_NAMES = {
@@ -82,6 +99,11 @@ def compare(
     metrics: Sequence[Metric] = tuple(Metric),
     summary: SummaryInput | None = None,
     attrs: Mapping[str, Any] | None = None,
+    method: str = "auto",
+    dense_limit: int = DENSE_LIMIT,
+    num_probes: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
 ) -> xr.Dataset:
     """Compare every approximation with ``exact`` (see the module docstring for the layout).
 
@@ -95,7 +117,18 @@ def compare(
         metrics: matrix metrics, in order.
         summary: optional GroupedNewton summary (needs ``gradient``).
         attrs: provenance attributes for the dataset.
+        method: ``"dense"`` (exact metrics from the [P, P] matrices), ``"matrix-free"`` (products only, with
+            error bars: :func:`~curvlab.analysis.matrix_free.compare_matrix_free`) or ``"auto"``: dense up to
+            ``dense_limit`` parameters. The dataset's ``method`` attribute says which was used.
+        num_probes, seed, progress: of the matrix-free metrics (probes per block, default 30).
     """
+    size = int(exact.shape[0])
+    if choose_method(size, method, dense_limit) == "matrix-free":
+        from curvlab.analysis.matrix_free import DEFAULT_PROBES, compare_matrix_free
+
+        return compare_matrix_free(exact, approximations, gradient, partition=partition, dampings=dampings, k=k,
+                                   metrics=metrics, summary=summary, num_probes=num_probes or DEFAULT_PROBES,
+                                   seed=seed, progress=progress, attrs=attrs)
     e = as_dense(exact, "exact")
     size = e.shape[0]
     blocks = block_indices(partition, size) if partition is not None else []
@@ -127,7 +160,7 @@ def compare(
                             {"long_name": "approximation quality against the exact matrix", "units": "1"})},
         coords={"approximation": names, "block": block_names, "metric": metric_names,
                 "metric_long_name": ("metric", [_LONG_NAMES[m] for m in metric_names])},
-        attrs={**dict(attrs or {}), "top_k": int(k)},
+        attrs={**dict(attrs or {}), "top_k": int(k), "method": "dense"},
     )
     if g is not None:
         if summary is not None:

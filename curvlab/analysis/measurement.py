@@ -33,14 +33,14 @@ import xarray as xr
 from torch import nn
 
 from curvlab import reference as _reference
-from curvlab.analysis.comparison import DEFAULT_DAMPINGS, SummaryInput, compare
+from curvlab.analysis.comparison import DEFAULT_DAMPINGS, DENSE_LIMIT, SummaryInput, choose_method, compare
 from curvlab.analysis.interactions import summary_matrix
 from curvlab.analysis.matrices import block_indices
 from curvlab.data import iter_batches
 from curvlab.errors import CurvlabError, CurvlabWarning
 from curvlab.partition import Partition
 
-__all__ = ["APPROXIMATIONS", "REFERENCES", "Measurement", "measure"]
+__all__ = ["APPROXIMATIONS", "REFERENCES", "Measurement", "exact_operator", "measure"]
 
 REFERENCES = ("hessian", "ggn", "fisher", "empirical_fisher")
 #: Names understood by :func:`measure`: the engine's quantities plus ``"summary"`` (GroupedNewton).
@@ -135,7 +135,28 @@ def _from_engine(model, loss_fn, data, names: Sequence[str], partition: Partitio
     return found, failed
 
 
-def _summary(model, loss_fn, data, reference: str, gradient: torch.Tensor, exact: torch.Tensor,
+def exact_operator(model: nn.Module, loss_fn: nn.Module, batches, reference: str, partition: Partition):
+    """The matrix-free operator of ``reference`` (:mod:`curvlab.operators`); the Fisher is the GGN there.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Linear(2, 2).double()
+        >>> data = [(torch.randn(4, 2, dtype=torch.float64), torch.randint(0, 2, (4,)))]
+        >>> op = exact_operator(model, nn.CrossEntropyLoss(), data, "ggn", Partition.from_model(model, "layer"))
+        >>> op.shape
+        (6, 6)
+    """
+    from curvlab import operators
+
+    if reference == "hessian":
+        return operators.HessianOperator(model, loss_fn, batches, partition=partition)
+    if reference == "empirical_fisher":
+        return operators.EmpiricalFisherOperator(model, loss_fn, batches, partition=partition)
+    # ggn, and the exact Fisher, which equals the GGN for every loss curvlab supports
+    return operators.GGNOperator(model, loss_fn, batches, partition=partition)
+
+
+def _summary(model, loss_fn, data, reference: str, gradient: torch.Tensor, exact,
              partition: Partition) -> tuple[SummaryInput, str]:
     """The GroupedNewton summary along the gradient, from curvlab.summary, else from the dense reference."""
     import curvlab
@@ -152,8 +173,14 @@ def _summary(model, loss_fn, data, reference: str, gradient: torch.Tensor, exact
     basis = torch.zeros(gradient.numel(), partition.num_groups, dtype=torch.float64)
     for j, idx in enumerate(block_indices(partition, gradient.numel())):
         basis[idx, j] = gradient[idx]
-    hbar = summary_matrix(exact, gradient, partition)
-    return SummaryInput(hbar, basis.T @ gradient, gradient, partition), f"UᵀMU of the dense {reference}"
+    if isinstance(exact, torch.Tensor):
+        hbar = summary_matrix(exact, gradient, partition)
+        return SummaryInput(hbar, basis.T @ gradient, gradient, partition), f"UᵀMU of the dense {reference}"
+    from curvlab.analysis.probes import apply
+
+    hbar = basis.T @ apply(exact, basis)
+    return SummaryInput((hbar + hbar.T) / 2, basis.T @ gradient, gradient, partition), \
+        f"UᵀMU by products with the {reference}"
 
 
 def measure(
@@ -171,11 +198,15 @@ def measure(
     seed: int = 0,
     eigenvalues: bool = True,
     attrs: Mapping[str, Any] | None = None,
+    method: str = "auto",
+    dense_limit: int = DENSE_LIMIT,
+    num_probes: int | None = None,
+    progress: bool = False,
 ) -> Measurement:
     """Exact ``reference`` vs ``approximations`` of ``model`` on ``data`` (an ``(inputs, targets)`` pair or batches).
 
     Args:
-        reference: ``hessian``, ``ggn``, ``fisher`` or ``empirical_fisher`` (dense, so keep P small).
+        reference: ``hessian``, ``ggn``, ``fisher`` or ``empirical_fisher``.
         approximations: names from :data:`APPROXIMATIONS`.
         partition: blocks of the per-block metrics and of block-diagonal approximations.
         summary_partition: groups of the GroupedNewton summary (canonical: one per tensor, as in the paper).
@@ -183,6 +214,11 @@ def measure(
         mc_samples: Monte Carlo samples of ``kfac`` and ``*_mc`` quantities; ``seed`` seeds their sampling.
         eigenvalues: also store the reference's eigenvalues (variable ``eigenvalues``).
         attrs: provenance attributes for the dataset.
+        method: ``"dense"`` (the reference as a [P, P] matrix, exact metrics), ``"matrix-free"`` (the reference
+            as an operator of :mod:`curvlab.operators`, metrics with error bars) or ``"auto"``: dense up to
+            ``dense_limit`` parameters. Matrix-free, the reference is not kept in ``curvature``, ``eigenvalues``
+            are its top ``k`` (Lanczos), and approximations the engine cannot compute are skipped.
+        num_probes, progress: of the matrix-free metrics (:func:`~curvlab.analysis.compare`).
 
     Raises:
         ValueError: an unknown reference or approximation name.
@@ -194,13 +230,18 @@ def measure(
         raise ValueError(f"unknown approximations {unknown}; choose from {', '.join(APPROXIMATIONS)}")
     part = Partition.from_model(model, partition)
     batches = list(iter_batches(data))
+    chosen = choose_method(part.num_params, method, dense_limit)
     base_attrs = {k: v for k, v in dict(attrs or {}).items() if v is not None}
-    matrices = {reference: getattr(_reference, reference)(model, loss_fn, batches).detach()}
     gradient = _reference.gradient(model, loss_fn, batches).detach().to(torch.float64)
-    exact = matrices[reference].to(torch.float64)
     reps = _representations()
-    curvature: dict[str, Any] = {reference: reps.DenseCurvature(matrices[reference], part, quantity=reference,
-                                                                attrs=base_attrs)}
+    matrices: dict[str, torch.Tensor] = {}
+    curvature: dict[str, Any] = {}
+    if chosen == "dense":
+        matrices[reference] = getattr(_reference, reference)(model, loss_fn, batches).detach()
+        exact = matrices[reference].to(torch.float64)
+        curvature[reference] = reps.DenseCurvature(matrices[reference], part, quantity=reference, attrs=base_attrs)
+    else:
+        exact = exact_operator(model, loss_fn, batches, reference, part)
     approx: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     sources: dict[str, str] = {}
@@ -213,7 +254,7 @@ def measure(
     for name in engine_names:
         if name in found:
             approx[name], sources[name] = found[name], "curvlab.compute"
-        elif name in _FROM_REFERENCE:
+        elif name in _FROM_REFERENCE and chosen == "dense":
             source = _FROM_REFERENCE[name][0]
             if source not in matrices:
                 matrices[source] = getattr(_reference, source)(model, loss_fn, batches).detach()
@@ -224,11 +265,39 @@ def measure(
             continue
         curvature[name] = approx[name]
     ds = compare(exact, approx, gradient, partition=part, dampings=dampings, k=k, summary=summary,
+                 method=chosen, num_probes=num_probes, seed=seed, progress=progress,
                  attrs={**base_attrs, "reference": reference, "partition": part.to_json(),
                         "sources": json.dumps(sources), "skipped": json.dumps(skipped)})
     if eigenvalues:
-        values = torch.linalg.eigvalsh(exact).numpy()
-        ds["eigenvalues"] = xr.DataArray(values, dims="eigenvalue_index",
-                                         attrs={"long_name": f"eigenvalues of the {reference}", "units": "1"})
+        ds.update(_spectra(exact, approx, reference, k, seed))
     ds["gradient_norm"] = xr.DataArray(float(gradient.norm()), attrs={"long_name": "gradient norm", "units": "1"})
     return Measurement(ds, curvature, gradient, skipped)
+
+
+def _spectra(exact, approx: Mapping[str, Any], reference: str, k: int, seed: int) -> dict[str, xr.DataArray]:
+    """``eigenvalues`` of the reference (all, ascending; matrix-free: the top k by Lanczos, ascending) and
+    ``approximation_eigenvalues`` [approximation, approximation_eigenvalue_index] (all, ascending)."""
+    if isinstance(exact, torch.Tensor):
+        values, method = torch.linalg.eigvalsh(exact).numpy(), "dense eigvalsh"
+    else:
+        from curvlab import spectra
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CurvlabWarning)
+            top = spectra.top_eigenvalues(exact, min(k, exact.shape[0] - 1), tol=1e-8,
+                                          generator=torch.Generator().manual_seed(seed))
+        values, method = top["eigenvalues"].values[::-1].copy(), f"top {min(k, exact.shape[0] - 1)} by Lanczos"
+    out = {"eigenvalues": xr.DataArray(values, dims="eigenvalue_index", attrs={
+        "long_name": f"eigenvalues of the {reference}", "units": "1", "method": method})}
+    rows, names = [], []
+    for name, rep in approx.items():
+        try:
+            rows.append(rep.eigvalsh().detach().to(torch.float64).cpu().numpy())
+            names.append(name)
+        except (CurvlabError, NotImplementedError, RuntimeError, MemoryError):
+            continue
+    if rows:
+        out["approximation_eigenvalues"] = xr.DataArray(
+            rows, dims=("approximation", "approximation_eigenvalue_index"), coords={"approximation": names},
+            attrs={"long_name": "eigenvalues of the approximation", "units": "1", "order": "ascending"})
+    return out

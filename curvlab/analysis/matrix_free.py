@@ -1,0 +1,181 @@
+r"""The comparison dataset of :func:`curvlab.analysis.compare`, from products only, with error bars.
+
+:func:`compare_matrix_free` fills the same variables as the dense :func:`~curvlab.analysis.compare`
+(``matrix_quality``, ``step_quality``, ``interaction``, the summary variables) for an exact matrix known
+only through ``exact @ v`` (a :mod:`curvlab.operators` operator, a representation or a tensor), and adds
+their error bars:
+
+* ``matrix_quality_error`` [approximation, block, metric]: the standard error of the probe estimates
+  (relative Frobenius error, cosine: :mod:`~curvlab.analysis.probes`) or the bound of the Lanczos
+  estimates (spectral-norm error, eigenspace overlap: :mod:`~curvlab.analysis.lanczos`);
+* ``step_quality_error`` [approximation, block, step_metric, damping]: the bounds from the CG residuals
+  (:mod:`~curvlab.analysis.free_steps`; NaN for MINRES);
+* ``interaction_error`` [group_i, group_j]: the standard error of the interaction strength.
+
+Costs, in products with the exact matrix (S blocks, m probes, D dampings, A approximations):
+m·S for the sketch; per block and the whole matrix, about 2·(k+1)·20 Lanczos products for C and for
+each C − A; one CG solve per damping and block; D products per approximation and block for the decreases.
+
+Example:
+    >>> import torch
+    >>> exact = torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64))
+    >>> ds = compare_matrix_free(exact, {"half": exact / 2}, torch.ones(4), dampings=[0.1], k=1, num_probes=8)
+    >>> round(float(ds.matrix_quality.sel(approximation="half", block="all", metric="rel_frobenius_error")), 6)
+    0.5
+    >>> ds.attrs["method"]
+    'matrix-free'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from curvlab.analysis.free_steps import ExactSteps, approximate_steps
+from curvlab.analysis.lanczos import SpectralFacts, overlap, spectral_norm_estimate
+from curvlab.analysis.matrices import as_vector, block_indices, group_labels
+from curvlab.analysis.probes import BlockSketch
+from curvlab.analysis.quality import Metric
+
+__all__ = ["DEFAULT_PROBES", "compare_matrix_free"]
+
+#: Rademacher probes per block.
+DEFAULT_PROBES = 30
+
+
+def _size(matrix) -> int:
+    shape = tuple(matrix.shape)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"the exact matrix must be square [P, P], got shape {shape}")
+    return int(shape[0])
+
+
+def compare_matrix_free(
+    exact,
+    approximations: Mapping[str, Any],
+    gradient=None,
+    *,
+    partition=None,
+    dampings: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+    k: int = 10,
+    metrics: Sequence[Metric] = tuple(Metric),
+    summary=None,
+    num_probes: int = DEFAULT_PROBES,
+    indefinite: bool | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Compare approximations with ``exact`` through products (layout: module docstring and ``compare``).
+
+    Args:
+        exact: [P, P] operator, representation or tensor with ``@``.
+        approximations: name -> representation (or tensor) with ``@`` and ``solve``.
+        gradient, partition, dampings, k, metrics, summary, attrs: as for :func:`~curvlab.analysis.compare`.
+        num_probes: Rademacher probes per block (≥ 2).
+        indefinite: solve exact steps by MINRES; default: when ``exact.quantity`` is ``"hessian"``.
+        seed: seeds the probes and the Lanczos start vectors.
+        progress: show a tqdm bar over the stages of the measurement.
+    """
+    from curvlab.analysis.comparison import STEP_METRICS, _LONG_NAMES, _summary_variables
+    from curvlab.analysis.steps import summary_steps
+
+    size = _size(exact)
+    blocks = block_indices(partition, size) if partition is not None else []
+    block_names = (group_labels(partition) if partition is not None else []) + ["all"]
+    probe_blocks = blocks or [torch.arange(size)]
+    all_rows = torch.arange(size)
+    if indefinite is None:
+        indefinite = getattr(exact, "quantity", None) == "hessian"
+    names = list(approximations) + (["summary"] if summary is not None else [])
+    metric_list = [Metric(m) for m in metrics]
+    lambdas = [float(d) for d in dampings]
+    g = as_vector(gradient, size, "gradient") if gradient is not None else None
+    shape_mq = (len(names), len(block_names), len(metric_list))
+    mq, mq_err = np.full(shape_mq, np.nan), np.full(shape_mq, np.nan)
+    shape_sq = (len(names), len(block_names), len(STEP_METRICS), len(lambdas))
+    sq, sq_err = np.full(shape_sq, np.nan), np.full(shape_sq, np.nan)
+    generator = torch.Generator().manual_seed(seed)
+    stages = 1 + len(approximations) + (g is not None)
+    bar = tqdm(total=stages, desc="matrix-free metrics", disable=not progress, leave=False)
+
+    bar.set_postfix_str("probes")
+    sketch = BlockSketch.draw(exact, probe_blocks, num_probes, generator=generator)
+    bar.update()
+    rows_of = [*blocks, all_rows]
+    spectral = Metric.REL_SPECTRAL_ERROR in metric_list or Metric.EIGENSPACE_OVERLAP in metric_list
+    exact_facts = [SpectralFacts.of(exact, rows, k, size=size, generator=generator) for rows in rows_of] \
+        if spectral else []
+    for a, (name, approx) in enumerate(approximations.items()):
+        bar.set_postfix_str(name)
+        if tuple(approx.shape) != (size, size):
+            raise ValueError(f"approximation {name!r} is {tuple(approx.shape)} but the exact matrix is [{size}, {size}]")
+        stats = sketch.statistics(approx)
+        fro, fro_err = stats.rel_frobenius_error()
+        cos, cos_err = stats.cosine_similarity()
+        if not blocks:  # one block: it is the whole matrix
+            fro, fro_err, cos, cos_err = fro[-1:], fro_err[-1:], cos[-1:], cos_err[-1:]
+        for m, metric in enumerate(metric_list):
+            if metric is Metric.REL_FROBENIUS_ERROR:
+                mq[a, :, m], mq_err[a, :, m] = fro, fro_err
+            elif metric is Metric.COSINE_SIMILARITY:
+                mq[a, :, m], mq_err[a, :, m] = cos, cos_err
+            elif metric is Metric.REL_SPECTRAL_ERROR:
+                for b, (rows, facts) in enumerate(zip(rows_of, exact_facts, strict=True)):
+                    diff, diff_err = spectral_norm_estimate(exact, rows, size, approx, generator=generator)
+                    mq[a, b, m] = diff / facts.norm
+                    mq_err[a, b, m] = mq[a, b, m] * np.hypot(diff_err / diff if diff > 0 else 0.0,
+                                                             facts.norm_error / facts.norm)
+            else:
+                for b, (rows, facts) in enumerate(zip(rows_of, exact_facts, strict=True)):
+                    mine = SpectralFacts.of(approx, rows, k, size=size, generator=generator)
+                    mq[a, b, m], mq_err[a, b, m] = overlap(facts, mine)
+        bar.update()
+    ds = xr.Dataset(
+        {"matrix_quality": (("approximation", "block", "metric"), mq,
+                            {"long_name": "approximation quality against the exact matrix", "units": "1"}),
+         "matrix_quality_error": (("approximation", "block", "metric"), mq_err,
+                                  {"long_name": "error bar of matrix_quality: standard error (probe metrics) or "
+                                                "Lanczos bound (spectral metrics)", "units": "1"})},
+        coords={"approximation": names, "block": block_names, "metric": [m.value for m in metric_list],
+                "metric_long_name": ("metric", [_LONG_NAMES[m.value] for m in metric_list])},
+        attrs={**dict(attrs or {}), "top_k": int(k), "method": "matrix-free", "num_probes": int(num_probes),
+               "exact_products_sketch": int(sketch.num_products),
+               "step_solver": "minres" if indefinite else "cg"},
+    )
+    if g is not None:
+        bar.set_postfix_str("steps")
+        for b, rows in enumerate(rows_of):
+            solver = ExactSteps(exact, g, rows, size, lambdas, indefinite=indefinite)
+            whole = b == len(rows_of) - 1
+            for a, approx in enumerate(approximations.values()):
+                steps = approximate_steps(approx, g, None if whole else rows, size, lambdas)
+                sq[a, b], sq_err[a, b] = solver.quality(steps)
+            if whole and summary is not None:
+                steps = summary_steps(summary.hbar, summary.gbar, summary.direction, summary.partition, lambdas)
+                sq[-1, -1], sq_err[-1, -1] = solver.quality(steps)
+        bar.update()
+        ds["step_quality"] = xr.DataArray(
+            sq, dims=("approximation", "block", "step_metric", "damping"),
+            coords={"step_metric": list(STEP_METRICS), "damping": lambdas},
+            attrs={"long_name": "damped Newton step quality", "units": "1"})
+        ds["step_quality_error"] = xr.DataArray(
+            sq_err, dims=("approximation", "block", "step_metric", "damping"),
+            attrs={"long_name": "error bound of step_quality from the exact solves' residuals", "units": "1"})
+        ds["damping"].attrs.update(long_name="damping λ", units="1")
+    if partition is not None:
+        values, errors = sketch.interaction_strength()
+        coords = {"group_i": block_names[:-1], "group_j": block_names[:-1]}
+        ds["interaction"] = xr.DataArray(values, dims=("group_i", "group_j"), coords=coords, attrs={
+            "long_name": "interaction strength ‖M_ij‖/√(‖M_ii‖‖M_jj‖)", "units": "1"})
+        ds["interaction_error"] = xr.DataArray(errors, dims=("group_i", "group_j"), coords=coords, attrs={
+            "long_name": "standard error of the interaction strength", "units": "1"})
+    if summary is not None:
+        ds.update(_summary_variables(summary))
+    bar.close()
+    return ds

@@ -35,7 +35,7 @@ from curvlab.errors import UnsupportedModuleError
 from curvlab.losses import LossAdapter
 from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.operators.complex_ops import exact_complex_ops
-from curvlab.operators.elementary_loss import elementary_loss
+from curvlab.losses.elementary import elementary_loss
 from curvlab.operators.model_operator import ModelCurvatureOperator
 from curvlab.partition import Partition, PartitionSpec
 

@@ -7,7 +7,7 @@ Two ways to the same product (Pearlmutter 1994):
 * ``HVPMethod.FORWARD_OVER_REVERSE``: a forward-mode jvp of the gradient function (``torch.func``).
   With ``cache=True`` it is linearised once per batch (``torch.func.linearize``) and replayed; if tracing
   fails, a warning is issued and the jvp is recomputed for every product. The loss is written with
-  elementary operations (:mod:`curvlab.operators.elementary_loss`): forward-mode AD through the fused
+  elementary operations (:mod:`curvlab.losses.elementary`): forward-mode AD through the fused
   ``mse_loss`` backward fails in torch 2.13, and tracing it crashes the process.
 
 Caching keeps one graph per batch alive (memory of about one training step per batch).
@@ -26,7 +26,7 @@ from curvlab.data import Data
 from curvlab.errors import CurvlabWarning
 from curvlab.losses import LossAdapter
 from curvlab.operators.cg import DEFAULT_CG, CGSettings
-from curvlab.operators.elementary_loss import elementary_loss
+from curvlab.losses.elementary import elementary_loss
 from curvlab.operators.model_operator import ModelCurvatureOperator, quiet_forward_ad
 from curvlab.partition import Partition, PartitionSpec
 
@@ -168,7 +168,7 @@ class HessianOperator(ModelCurvatureOperator):
     # ------------------------------------------------------------------ forward over reverse
     def _gradient_function(self, b: int):
         """θ ↦ ∇_θ (w_b L_b), with the loss from elementary operations (no fused loss kernels, see
-        :mod:`curvlab.operators.elementary_loss`), so that forward-mode AD and tracing go through."""
+        :mod:`curvlab.losses.elementary`), so that forward-mode AD and tracing go through."""
         x, y = self.batches[b]
         weight = self.weights[b]
 

@@ -12,7 +12,6 @@ so that Σ_b w_b M_b is the matrix of all batches as one.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Sequence
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from curvlab.autodiff import quiet_forward_ad
 from curvlab.data import Data, iter_batches
 from curvlab.errors import CurvlabWarning
 from curvlab.losses import LossAdapter, combine_weight, loss_adapter
@@ -29,18 +29,6 @@ from curvlab.partition import Partition, PartitionSpec, trainable_parameters
 from curvlab.provenance import provenance
 
 __all__ = ["ModelCurvatureOperator"]
-
-
-@contextlib.contextmanager
-def quiet_forward_ad():
-    """Hide the DeprecationWarning torch 2.13 emits when forward-mode AD first loads its decompositions
-    (``torch.jit.script``) and the tracing notice of ``linearize``; nothing else is filtered."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning
-        )
-        warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
-        yield
 
 
 class ModelCurvatureOperator(CurvatureOperator):

@@ -10,8 +10,9 @@ f_n = f(x_n; θ) ∈ R^C the flattened output of sample n, θ ∈ R^P in the ref
 
 The functions taking ``(model, loss_fn, data_or_inputs, targets=None)`` accept either an inputs tensor
 with its targets, or ``data``: an ``(inputs, targets)`` pair or an iterable of pairs, combined exactly as
-one batch. Per-sample quantities evaluate the model on one sample at a time (a batch of 1, vmapped), so
-they assume the samples do not interact inside the model.
+one batch. Jacobians and per-sample gradients are those of the model as a function of the whole
+batch, by reverse mode (exact for every op, in-place ones included); where samples interact inside the
+model (train-mode BatchNorm) they include the cross-sample terms.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import grad, jacrev, vmap
 
 from curvlab.guards import check_dense_allocation, check_finite
 from curvlab.losses import LossAdapter
@@ -72,7 +72,7 @@ def gradient(
         def scaled_loss(theta, inputs=inputs, batch_targets=batch_targets, z=z):
             return z * loss_fn(flat(theta, inputs), batch_targets)
 
-        acc.add(grad(scaled_loss)(flat.theta), z)
+        acc.add(reverse_jacobian(scaled_loss, flat.theta)[0], z)
     return acc.result("gradient")
 
 
@@ -109,20 +109,27 @@ def sample_gradients(
     outputs: torch.Tensor,
     what: str,
 ) -> torch.Tensor:
-    """[N, P] unscaled per-sample gradients of one checked batch (``outputs`` = the model's outputs)."""
+    """[N, P] unscaled per-sample gradients g_n = ∇_θ ℓ_n of one checked batch.
+
+    The rows of the Jacobian of the vector (ℓ_1, …, ℓ_N) of the *batch* function, by reverse mode: for
+    independent samples these are the usual per-sample gradients; where samples interact (train-mode
+    BatchNorm) they are the gradients of each sample's loss term through the whole batch.
+    """
     check_dense_allocation(
         (outputs.shape[0], flat.num_params), flat.dtype, f"{what}: per-sample gradients"
     )
-    z_one = adapter.normalizer(outputs[:1])
 
-    def sample_loss(theta, x, y):
-        return z_one * adapter.loss_fn(flat(theta, x.unsqueeze(0)), y.unsqueeze(0))
+    def sample_losses(theta):
+        return adapter.per_sample_loss(flat(theta, inputs), targets)
 
-    return vmap(grad(sample_loss), in_dims=(None, 0, 0))(flat.theta, inputs, targets)
+    return reverse_jacobian(sample_losses, flat.theta)
 
 
 def jacobian(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """J with J_n = ∂f_n/∂θ, [N, C, P], where f_n is the flattened output of sample n (C entries).
+
+    The Jacobian of the model as a function of the whole batch (samples coupled through train-mode
+    BatchNorm are differentiated through the batch statistics), by reverse mode.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
@@ -138,14 +145,57 @@ def jacobian(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def sample_jacobians(flat: FlatModel, inputs: torch.Tensor, what: str) -> torch.Tensor:
-    """[N, C, P] per-sample Jacobians of the flattened outputs, guarded against the memory budget."""
+    """[N, C, P] Jacobians of the flattened outputs of the batch function, guarded by the memory budget."""
     with torch.no_grad():
-        num_outputs = flat(flat.theta, inputs[:1]).numel()
-    check_dense_allocation(
-        (inputs.shape[0] * num_outputs, flat.num_params), flat.dtype, f"{what}: Jacobian"
-    )
+        outputs = flat(flat.theta, inputs)
+    check_dense_allocation((outputs.numel(), flat.num_params), flat.dtype, f"{what}: Jacobian")
+    rows = reverse_jacobian(lambda theta: flat(theta, inputs), flat.theta)
+    return rows.view(outputs.shape[0], -1, flat.num_params)
 
-    def sample_output(theta, x):
-        return flat(theta, x.unsqueeze(0)).reshape(-1)
 
-    return vmap(jacrev(sample_output), in_dims=(None, 0))(flat.theta, inputs)
+#: Elements of one chunk of batched vector-Jacobian products (rows × P), about 128 MB in float64.
+_CHUNK_ELEMENTS = 2**24
+
+
+def reverse_jacobian(function, theta: torch.Tensor) -> torch.Tensor:
+    """[K, P]: the Jacobian of ``function`` (θ [P] ↦ any tensor, K entries) by reverse-mode autograd.
+
+    One forward pass; the K vector–Jacobian products with unit cotangents are taken in chunks as
+    batched backward passes (``is_grads_batched``), or one by one where an op has no batching rule.
+    Plain autograd is exact for every op, including in-place ones.
+
+    Example:
+        >>> f = lambda t: torch.stack([t[0] * t[1], t[1] ** 2])
+        >>> reverse_jacobian(f, torch.tensor([2.0, 3.0]))
+        tensor([[3., 2.],
+                [0., 6.]])
+    """
+    leaf = theta.detach().clone().requires_grad_()
+    with torch.enable_grad():
+        values = function(leaf).reshape(-1)
+    size = values.numel()
+    out = torch.zeros(size, leaf.numel(), dtype=leaf.dtype, device=leaf.device)
+    if not values.requires_grad:
+        return out
+    chunk = max(1, min(size, _CHUNK_ELEMENTS // max(leaf.numel(), size)))
+    batched = True
+    for start in range(0, size, chunk):
+        stop = min(start + chunk, size)
+        seeds = torch.zeros(stop - start, size, dtype=values.dtype, device=values.device)
+        seeds[torch.arange(stop - start), torch.arange(start, stop)] = 1
+        if batched:
+            try:
+                (rows,) = torch.autograd.grad(
+                    values, leaf, seeds, retain_graph=True, is_grads_batched=True,
+                    allow_unused=True, materialize_grads=True,
+                )  # fmt: skip
+                out[start:stop] = rows
+                continue
+            except (RuntimeError, NotImplementedError):
+                batched = False  # an op without a batching rule for its backward: loop instead
+        for k in range(stop - start):
+            (row,) = torch.autograd.grad(
+                values, leaf, seeds[k], retain_graph=True, allow_unused=True, materialize_grads=True
+            )
+            out[start + k] = row
+    return out

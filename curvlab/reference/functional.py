@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from curvlab.autodiff import exact_kernels, random_modules, stateless_copy
 from curvlab.data import iter_batches
 from curvlab.errors import UnsupportedModuleError
 from curvlab.guards import check_finite
@@ -56,9 +57,11 @@ def flat_parameters(model: nn.Module) -> torch.Tensor:
 class FlatModel:
     """``model`` as the function (θ [P], inputs [N, ...]) ↦ outputs [N, ...].
 
-    Raises :class:`UnsupportedModuleError` if the model has no trainable parameters, mixes dtypes or
-    devices among them, or holds a batch-norm layer in training mode (its batch statistics couple the
-    samples and its running statistics would be updated; call ``model.eval()`` first).
+    The model is evaluated as a function of the whole batch (:func:`curvlab.autodiff.stateless_copy`:
+    train-mode BatchNorm normalises with the batch statistics and updates no running statistics) under
+    :func:`curvlab.autodiff.exact_kernels` (no fused MHA fast path, math SDPA), so that every
+    derivative torch offers is available and exact. Raises :class:`UnsupportedModuleError` if the
+    model has no trainable parameters or mixes dtypes or devices among them.
 
     Example:
         >>> model = torch.nn.Linear(2, 1)
@@ -69,6 +72,7 @@ class FlatModel:
     """
 
     model: nn.Module
+    function: nn.Module = field(init=False, repr=False)
     names: tuple[str, ...] = field(init=False)
     shapes: tuple[torch.Size, ...] = field(init=False)
     theta: torch.Tensor = field(init=False, repr=False)
@@ -88,12 +92,13 @@ class FlatModel:
                 f"{type(self.model).__qualname__}: trainable parameters must share one dtype and device "
                 f"({found})"
             )
-        for name, module in self.model.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-                raise UnsupportedModuleError(
-                    f"{type(module).__module__}.{type(module).__qualname__} ({name or 'the model'}) is in "
-                    "training mode: its batch statistics couple the samples. Call model.eval() first."
-                )
+        random = random_modules(self.model)
+        if random:
+            raise UnsupportedModuleError(
+                f"{', '.join(random)} in training mode: the model is a random function (a new dropout "
+                "mask on every call), which has no curvature. Call model.eval(), or set p=0."
+            )
+        object.__setattr__(self, "function", stateless_copy(self.model))
         object.__setattr__(self, "names", tuple(n for n, _ in named))
         object.__setattr__(self, "shapes", tuple(p.shape for _, p in named))
         theta = torch.cat([p.detach().reshape(-1) for _, p in named])
@@ -118,7 +123,8 @@ class FlatModel:
         return out
 
     def __call__(self, theta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, self.unflatten(theta), (inputs,))
+        with exact_kernels():
+            return functional_call(self.function, self.unflatten(theta), (inputs,))
 
 
 @dataclass

@@ -41,7 +41,9 @@ def closure(model: nn.Module, inputs: torch.Tensor):
 def normalizer(loss_fn: nn.Module, outputs: torch.Tensor) -> int:
     if loss_fn.reduction == "sum":
         return 1
-    return outputs.shape[0] if isinstance(loss_fn, nn.CrossEntropyLoss) else outputs.numel()
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        return outputs.numel() // outputs.shape[1]  # N·T: one term per sample and position
+    return outputs.numel()
 
 
 def sample_loss_fn(loss_fn: nn.Module) -> nn.Module:
@@ -51,7 +53,9 @@ def sample_loss_fn(loss_fn: nn.Module) -> nn.Module:
 
 def hessian(model, loss_fn, inputs, targets) -> torch.Tensor:
     f = closure(model, inputs)
-    return autograd_hessian(lambda t: loss_fn(f(t), targets), theta_of(model))
+    # torch's flash attention kernel has no double backward: the math kernel computes the same function
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        return autograd_hessian(lambda t: loss_fn(f(t), targets), theta_of(model))
 
 
 def ggn(model, loss_fn, inputs, targets) -> torch.Tensor:
@@ -107,3 +111,17 @@ def fisher_by_enumeration(model, loss_fn, inputs) -> torch.Tensor:
             g = per_sample_gradients(model, loss_fn, x, y)[0]
             total = total + prob * torch.outer(g, g)
     return total / normalizer(loss_fn, outputs)
+
+
+def per_sample_ggn(model, loss_fn, inputs, targets) -> torch.Tensor:
+    """(1/Z) Σ_n J_nᵀ (∂²ℓ_n/∂f_n²) J_n with J_n from a batch of one: valid where samples are independent."""
+    summed, total = sample_loss_fn(loss_fn), 0
+    for x, y in zip(inputs, targets, strict=True):
+        f = closure(model, x.unsqueeze(0))
+        out = f(theta_of(model)).detach()
+        jac = autograd_jacobian(lambda t, f=f: f(t).flatten(), theta_of(model))
+        h = autograd_hessian(lambda o, y=y, out=out: summed(o.view_as(out), y.unsqueeze(0)), out.flatten())
+        total = total + jac.T @ h @ jac
+    with torch.no_grad():
+        z = normalizer(loss_fn, model(inputs))
+    return total / z

@@ -45,10 +45,19 @@ def test_model_checks():
     mixed = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2).double())
     with pytest.raises(UnsupportedModuleError, match="one dtype"):
         FlatModel(mixed)
-    bn = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    with pytest.raises(UnsupportedModuleError, match=r"BatchNorm1d \(1\) is in training mode"):
-        FlatModel(bn)
-    FlatModel(bn.eval())
+
+
+
+def test_train_mode_batchnorm_is_the_batch_function_and_buffers_stay():
+    torch.manual_seed(0)
+    bn = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)).double()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    before = {n: b.clone() for n, b in bn.named_buffers()}
+    flat = FlatModel(bn)
+    out = flat(flat.theta, x)
+    assert all(torch.equal(b, before[n]) for n, b in bn.named_buffers())
+    assert bn.training
+    assert torch.allclose(out, bn(x))  # the same function of the batch (this call updates stats)
 
 
 def test_batch_sum_mean_and_sum():

@@ -5,7 +5,7 @@ import torch
 
 from curvlab.errors import UnsupportedLossError
 from curvlab.losses import LossAdapter, loss_adapter
-from curvlab.operators.elementary_loss import elementary_loss
+from curvlab.losses.elementary import elementary_loss
 from tests.cases import LOSSES
 
 

@@ -16,13 +16,20 @@ Example:
 from __future__ import annotations
 
 import gzip
+import math
+import stat
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "SplitDataset", "load_dataset", "read_idx"]
+from curvlab.errors import MemoryBudgetError
+from curvlab.guards import format_bytes, get_memory_budget
+
+__all__ = ["DATASETS", "SplitDataset", "load_dataset", "read_idx", "regular_file"]
 
 DATASETS = ("digits", "diabetes", "sine", "mnist")
 
@@ -75,45 +82,157 @@ def _tensors(pair, dtype, classification):
             torch.as_tensor(y, dtype=torch.long) if classification else torch.as_tensor(y, dtype=dtype))
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped), as used by the original MNIST distribution."""
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def regular_file(path: str | Path, what: str = "data file") -> Path:
+    """``path`` as a :class:`~pathlib.Path` if it is a regular file; else a clear error, before any read.
+
+    Directories, FIFOs (whose read would block), devices such as ``/dev/zero`` (endless) and sockets are
+    refused: ``FileNotFoundError`` if nothing is there, ``ValueError`` otherwise.
+
+    Example:
+        >>> regular_file("/dev/zero")
+        Traceback (most recent call last):
+        ...
+        ValueError: data file /dev/zero is a character device, not a regular file
+    """
     path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise ValueError(f"{what} {path} cannot be read: {err.strerror or err}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise ValueError(f"{what} {path} is {kind}, not a regular file")
+    return path
+
+
+def _check_declared(path: Path, shape: tuple[int, ...], itemsize: int, what: str) -> int:
+    """Elements declared by a header, refused if they exceed the memory budget once read as float64."""
+    count = math.prod(shape)
+    needed = count * max(itemsize, 8)  # pixels become float64
+    if needed > get_memory_budget():
+        raise MemoryBudgetError(
+            f"{path}: {what} declares shape {list(shape)}, {format_bytes(needed)} once read, over the memory "
+            f"budget of {format_bytes(get_memory_budget())}; raise it with CURVLAB_MEMORY_BUDGET if this is right"
+        )
+    return count
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), as used by the original MNIST distribution.
+
+    The header (magic number, element type, shape) is checked before the data is read: the declared
+    size must fit the memory budget and match the bytes in the file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "t-images-idx3-ubyte"
+        >>> _ = path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
+        >>> read_idx(path).tolist()
+        [7, 8, 9]
+    """
+    path = regular_file(path, "IDX file")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    if raw[:2] != b"\x00\x00":
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
-    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[raw[2]]
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(4)
+            if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in _IDX_DTYPES or head[3] == 0:
+                raise ValueError(f"{path} is not an IDX file (bad magic number {head.hex() or 'empty'})")
+            dtype, ndim = np.dtype(_IDX_DTYPES[head[2]]), head[3]
+            dims = fh.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"{path} is not an IDX file (its header is cut short)")
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            count = _check_declared(path, shape, dtype.itemsize, "its IDX header")
+            raw = fh.read(count * dtype.itemsize + 1)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{path} cannot be read as an IDX file: {err}") from None
+    if len(raw) != count * dtype.itemsize:
+        raise ValueError(
+            f"{path}: its IDX header declares shape {list(shape)} ({count * dtype.itemsize} bytes of data), but the "
+            f"file holds {'more' if len(raw) > count * dtype.itemsize else len(raw)} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz``, each header checked (no pickles, declared size within budget) before reading."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .npz archive (a zip of .npy arrays; np.save writes .npy, np.savez .npz)")
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                key = info.filename.removesuffix(".npy")
+                with archive.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = header(fh)
+                    if dtype.hasobject:
+                        raise ValueError(f"{path}: array {key!r} holds Python objects (pickles), which are not read")
+                    count = _check_declared(path, shape, dtype.itemsize, f"array {key!r}")
+                    if info.file_size < count * dtype.itemsize:
+                        raise ValueError(f"{path}: array {key!r} declares shape {list(shape)} but is cut short")
+                    data = np.frombuffer(fh.read(count * dtype.itemsize), dtype=dtype)
+                    out[key] = data.reshape(shape[::-1]).T if fortran else data.reshape(shape)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{path} cannot be read as a .npz archive: {err}") from None
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path} cannot be read as a .npz archive: {err}") from None
+    return out
 
 
 def _read_mnist(path: str | Path | None):
     if path is None:
         raise ValueError("the mnist data set needs a path: a .npz file or an IDX images file")
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"MNIST file not found: {path}")
+    path = regular_file(path, "MNIST file")
     if path.suffix == ".npz":
-        with np.load(path) as npz:
-            keys = set(npz.files)
-            if {"images", "labels"} <= keys:
-                x, y = npz["images"], npz["labels"]
-            elif {"x", "y"} <= keys:
-                x, y = npz["x"], npz["y"]
-            elif "data" in keys:
-                x, y = npz["data"], None
-            else:
-                raise ValueError(f"{path}: expected keys images/labels, x/y or data; found {sorted(keys)}")
+        arrays = _read_npz(path)
+        keys = set(arrays)
+        if {"images", "labels"} <= keys:
+            x, y = arrays["images"], arrays["labels"]
+        elif {"x", "y"} <= keys:
+            x, y = arrays["x"], arrays["y"]
+        elif "data" in keys:
+            x, y = arrays["data"], None
+        else:
+            raise ValueError(f"{path}: expected keys images/labels, x/y or data; found {sorted(keys)}")
     else:
         x = read_idx(path)
         label_path = Path(str(path).replace("images-idx3", "labels-idx1"))
         y = read_idx(label_path) if label_path != path and label_path.exists() else None
+    return _check_mnist(path, x, y)
+
+
+def _check_mnist(path: Path, x: np.ndarray, y: np.ndarray | None):
+    """Images as [N, 1, 28, 28] in [0, 1] and labels [N] in 0..9, or a ValueError naming what is wrong."""
+    if x.dtype.kind not in "uif" or x.ndim < 2 or x.shape[0] == 0 or math.prod(x.shape[1:]) != 784:
+        raise ValueError(f"{path}: images must be a non-empty numeric [N, 28, 28] array, got {x.dtype} {list(x.shape)}")
     x = x.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: images contain NaN or inf")
     if x.max() > 1.0:
         x = x / 255.0
-    return x.reshape(len(x), 1, 28, 28), (None if y is None else y.astype(np.int64))
+    if y is not None:
+        if y.dtype.kind not in "ui" or y.ndim != 1:
+            raise ValueError(f"{path}: labels must be a 1-d integer array, got {y.dtype} {list(y.shape)}")
+        if len(y) != len(x):
+            raise ValueError(f"{path}: {len(x)} images but {len(y)} labels")
+        if y.min() < 0 or y.max() > 9:
+            raise ValueError(f"{path}: labels must lie in 0..9, got {int(y.min())}..{int(y.max())}")
+        y = y.astype(np.int64)
+    return x.reshape(len(x), 1, 28, 28), y
 
 
 def load_dataset(

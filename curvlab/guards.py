@@ -29,11 +29,32 @@ _DEFAULT_BUDGET = 4 * 2**30
 _budget_override: int | None = None
 
 
-def _parse_bytes(text: str) -> int:
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in "KMGT" else text
-    return int(float(number) * scale)
+_ENV = "CURVLAB_MEMORY_BUDGET"
+
+
+def _parse_bytes(text: str, source: str = _ENV) -> int:
+    """Bytes from ``"4096"``, ``"512M"``, ``"2GiB"``...; ``ValueError`` naming ``source`` unless positive.
+
+    Example:
+        >>> _parse_bytes("1.5K"), _parse_bytes("2GiB")
+        (1536, 2147483648)
+        >>> _parse_bytes("-5")
+        Traceback (most recent call last):
+        ...
+        ValueError: CURVLAB_MEMORY_BUDGET='-5' is not a positive size: use bytes or a number with a K/M/G/T suffix, e.g. 4G
+    """
+    clean = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(clean[-1:], 1)
+    number = clean[:-1] if clean[-1:] in "KMGT" else clean
+    try:
+        value = float(number) * scale
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise ValueError(
+            f"{source}={text!r} is not a positive size: use bytes or a number with a K/M/G/T suffix, e.g. 4G"
+        )
+    return int(value)
 
 
 def get_memory_budget() -> int:
@@ -45,7 +66,7 @@ def get_memory_budget() -> int:
     """
     if _budget_override is not None:
         return _budget_override
-    env = os.environ.get("CURVLAB_MEMORY_BUDGET")
+    env = os.environ.get(_ENV)
     return _parse_bytes(env) if env else _DEFAULT_BUDGET
 
 

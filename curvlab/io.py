@@ -23,9 +23,16 @@ Example:
 
 from __future__ import annotations
 
+import errno
+import glob
 import importlib
 import importlib.util
+import math
 import os
+import re
+import shutil
+import socket
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +41,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["KINDS", "load", "save", "write_netcdf"]
+from curvlab.errors import MemoryBudgetError
+from curvlab.guards import format_bytes, get_memory_budget
+
+__all__ = ["KINDS", "load", "remove_stale_temporaries", "resolve_kind", "save", "write_netcdf"]
 
 #: ``curvlab_kind`` → ``"module:Class"``. Add a line here to make :func:`load` read a new kind; the
 #: class must provide ``from_xarray(obj)``.
@@ -64,9 +74,24 @@ def _require_backend() -> None:
         )
 
 
-def _resolve(kind: str):
+def resolve_kind(kind: Any, where: str = "the file"):
+    """The class registered in :data:`KINDS` for ``kind``; ``ValueError`` naming ``where`` if unknown.
+
+    Example:
+        >>> resolve_kind("diagonal").__name__
+        'DiagonalCurvature'
+        >>> resolve_kind("os:system", "/x")
+        Traceback (most recent call last):
+        ...
+        ValueError: /x has curvlab_kind='os:system', which load() does not know (known: dense, ...)
+    """
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"{where} has curvlab_kind={kind!r}, which load() does not know (known: {', '.join(KINDS)})")
     module, _, name = KINDS[kind].partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+_resolve = resolve_kind
 
 
 def _check_attr_values(obj: xr.Dataset | xr.DataTree) -> None:
@@ -145,12 +170,21 @@ def write_netcdf(data: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, ove
     """Write any xarray ``Dataset``/``DataTree`` to ``path`` as netCDF-4 (h5netcdf), atomically.
 
     The file is written to a temporary file in the same directory and moved into place with
-    ``os.replace``, so an interrupted write never leaves half a file at ``path``. :func:`save` uses it
-    for representations; the analysis layer for its result datasets.
+    ``os.replace``, so an interrupted write never leaves half a file at ``path``, and the previous
+    file stays intact on any failure. :func:`save` uses it for representations; the analysis layer
+    for its result datasets. Details:
+
+    * the file gets the mode the umask gives new files (as ``open`` would), not ``mkstemp``'s 0600;
+    * a file that fits the memory budget is encoded in memory first and written with plain ``write``
+      calls, so a full disk or a file-size limit is a clean ``OSError`` (HDF5 itself can crash the
+      process when a write fails half-way); free space is checked against the encoded size first;
+    * temporary files left by a killed writer on this host (``.NAME.HOST-PID.*.tmp``, PID dead) are
+      removed before writing.
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false.
         FileNotFoundError: the directory of ``path`` does not exist.
+        OSError: not enough free space (``errno.ENOSPC``), or the write failed; the old file is untouched.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -160,15 +194,116 @@ def write_netcdf(data: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, ove
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the directory {path.parent} of {path} does not exist")
     _require_backend()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    remove_stale_temporaries(path)
+    estimate = _array_bytes(data)
+    encoded = None
+    if estimate <= get_memory_budget():
+        encoded = memoryview(data.to_netcdf(engine=_ENGINE)).cast("B")
+    _check_free_space(path, len(encoded) if encoded is not None else int(estimate * 1.1))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_OWNER}.", suffix=".tmp")
     try:
-        data.to_netcdf(tmp, engine=_ENGINE)
+        os.fchmod(fd, 0o666 & ~_umask())
+        if encoded is not None:
+            written = 0
+            while written < len(encoded):
+                written += os.write(fd, encoded[written:])
+            os.close(fd)
+            fd = -1
+        else:
+            os.close(fd)
+            fd = -1
+            data.to_netcdf(tmp, engine=_ENGINE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        if fd >= 0:
+            os.close(fd)
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, f"writing {path} failed ({err.strerror}); the previous file is untouched",
+                          str(path)) from err
         raise
     return path
+
+
+_OWNER = f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+_MARGIN = 2**20  # bytes of free space kept beyond the file
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _array_bytes(data: xr.Dataset | xr.DataTree) -> int:
+    """Bytes of all arrays in ``data`` (an estimate of the encoded netCDF size)."""
+    if isinstance(data, xr.DataTree):
+        return sum(int(node.to_dataset(inherit=False).nbytes) for node in data.subtree)
+    return int(data.nbytes)
+
+
+def _check_free_space(path: Path, needed: int) -> None:
+    free = shutil.disk_usage(path.parent).free
+    if free < needed + _MARGIN:
+        raise OSError(
+            errno.ENOSPC,
+            f"not enough free space to write {path}: it needs {format_bytes(needed)}, "
+            f"{format_bytes(free)} are free in {path.parent}; the previous file is untouched",
+            str(path),
+        )
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of ``path`` left by killed writers on this host; returns those removed.
+
+    A temporary file is named ``.NAME.HOST-PID.XXXXXXXX.tmp``; it is stale if HOST is this host and no
+    process PID runs. Files of live writers, of other hosts, and anything else are left alone.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> stale = d / f".a.nc.{_OWNER.rsplit('-', 1)[0]}-999999999.x1y2z3.tmp"  # no such PID
+        >>> _ = stale.write_bytes(b"half a file")
+        >>> [p.name == stale.name for p in remove_stale_temporaries(d / "a.nc")], stale.exists()
+        ([True], False)
+    """
+    path = Path(path)
+    host = _OWNER.rsplit("-", 1)[0]
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(host)}-(\d+)\.[^.]+\.tmp$")
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for candidate in candidates:
+        match = pattern.match(candidate.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            candidate.unlink()
+            removed.append(candidate)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def load(path: str | os.PathLike, *, raw: bool = False) -> Any:
@@ -188,14 +323,44 @@ def load(path: str | os.PathLike, *, raw: bool = False) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"no file {path}")
     _require_backend()
+    check_declared_size(path)
     tree = xr.load_datatree(path, engine=_ENGINE)
     data: xr.Dataset | xr.DataTree = tree if tree.children else tree.to_dataset()
     kind = data.attrs.get("curvlab_kind")
     if raw or kind is None:
         return data
-    if kind not in KINDS:
-        raise ValueError(
-            f"{path} has curvlab_kind={kind!r}, which load() does not know "
-            f"(known: {', '.join(KINDS)})"
+    return resolve_kind(kind, str(path)).from_xarray(data)
+
+
+def check_declared_size(path: str | os.PathLike) -> int:
+    """Bytes the arrays of the netCDF-4/HDF5 file at ``path`` declare, checked before anything is read.
+
+    A compressed file can declare far more than its size on disk; the total must fit the memory
+    budget (:func:`curvlab.memory_budget`), else :class:`~curvlab.errors.MemoryBudgetError` naming the
+    largest array. Only the headers are read. ``ValueError`` if ``path`` is not an HDF5 file.
+    """
+    import h5py  # noqa: PLC0415  (h5netcdf's backend; checked by _require_backend)
+
+    path = Path(path)
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    arrays: list[tuple[int, str, tuple[int, ...], str]] = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.shape is not None:
+            arrays.append((math.prod(obj.shape) * obj.dtype.itemsize, name, obj.shape, str(obj.dtype)))
+
+    try:
+        with h5py.File(path, "r") as fh:
+            fh.visititems(visit)
+    except OSError as err:
+        raise ValueError(f"{path} is not a netCDF-4 (HDF5) file: {err}") from None
+    total, budget = sum(a[0] for a in arrays), get_memory_budget()
+    if total > budget:
+        size, name, shape, dtype = max(arrays)
+        raise MemoryBudgetError(
+            f"{path} declares {format_bytes(total)} of arrays (largest: /{name} {list(shape)} {dtype}, "
+            f"{format_bytes(size)}), over the memory budget of {format_bytes(budget)}; nothing was read. "
+            "Raise the budget with curvlab.memory_budget(...) if the file is trusted."
         )
-    return _resolve(str(kind)).from_xarray(data)
+    return total

@@ -82,8 +82,9 @@ def test_interrupted_write_leaves_the_old_file(kind, tmp_path, monkeypatch):
     path = tmp_path / "c.nc"
     path.write_bytes(b"the good file")
 
-    def broken(self, target, **kwargs):
-        Path(target).write_bytes(b"half a fi")
+    def broken(self, target=None, **kwargs):  # to a file, or to memory (target None)
+        if target is not None:
+            Path(target).write_bytes(b"half a fi")
         raise KeyboardInterrupt
 
     monkeypatch.setattr("curvlab.io._require_backend", lambda: None)  # runs without h5py too

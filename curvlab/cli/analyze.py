@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -113,10 +114,21 @@ def _validate(args: argparse.Namespace) -> list[str]:
 def _load_state(model: torch.nn.Module, path: Path) -> None:
     if not path.exists():
         raise FileNotFoundError(f"--state-dict file not found: {path}")
+    path = curvlab.datasets.regular_file(path, "--state-dict file")
+    try:  # weights_only: a pickle that is not plain tensors is refused (UnpicklingError), never executed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on the pickle protocol of a foreign file
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (any failure to parse the user's file is bad input)
+        raise ValueError(
+            f"--state-dict {path} is not a state dict of plain tensors (as torch.save(model.state_dict(), path) "
+            "writes); it was refused without running any code from it"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"--state-dict {path} holds a {type(state).__qualname__}, not a state dict")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, OSError, KeyError, TypeError, AttributeError) as err:
+    except (RuntimeError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"--state-dict {path} does not fit the model: {str(err).splitlines()[0]}") from None
 
 

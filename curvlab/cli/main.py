@@ -41,14 +41,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 2 bad usage or input)."""
     from curvlab.errors import CurvlabError
 
+    from curvlab.guards import get_memory_budget
+
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with a message on bad options
     try:
+        get_memory_budget()  # a bad CURVLAB_MEMORY_BUDGET is reported before any work
         return int(args.run(args) or 0)
-    except (UsageError, CurvlabError, FileExistsError, FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"curvlab {args.command}: error: {err}\n")
+    except (UsageError, CurvlabError, OSError, ValueError) as err:  # OSError: unreadable or unwritable paths
+        parser.exit(2, f"curvlab {args.command}: error: {_one_line(err)}\n")
     except KeyboardInterrupt:
         parser.exit(130, "interrupted\n")
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (an OSError as 'strerror: filename')."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        text = f"{err.strerror}: {err.filename}"
+    else:
+        text = str(err).strip() or type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -115,12 +115,19 @@ class Curvature(Mapping[str, CurvatureRepresentation]):
         if attrs.pop("curvlab_kind", None) != cls.kind:
             raise ValueError("not a curvlab Curvature export (root attribute curvlab_kind != 'curvature')")
         partition = Partition.from_json(attrs.pop("partition"))
-        names = [n for n in attrs.pop("quantities").split(",") if n]
+        names = [n for n in str(attrs.pop("quantities", "")).split(",") if n]
         reps = {}
-        for name in names:
-            child = tree[name]
+        for name in names:  # a hostile file may name the root ("/"), a path, or a kind not in KINDS
+            if name not in tree.children or name in reps:
+                raise ValueError(f"not a valid curvlab Curvature export: quantity {name!r} is not a child group "
+                                 f"of the root (groups: {', '.join(tree.children) or 'none'})")
+            child = tree.children[name]
+            kind = child.attrs.get("curvlab_kind")
+            if not isinstance(kind, str) or kind == cls.kind or kind not in KINDS:
+                raise ValueError(f"not a valid curvlab Curvature export: group {name!r} has curvlab_kind={kind!r} "
+                                 f"(known: {', '.join(k for k in KINDS if k != cls.kind)})")
             node = child if child.children else child.to_dataset()
-            module, _, qualname = KINDS[child.attrs["curvlab_kind"]].partition(":")
+            module, _, qualname = KINDS[kind].partition(":")
             reps[name] = getattr(importlib.import_module(module), qualname).from_xarray(node)
         return cls(reps, partition, attrs)
 

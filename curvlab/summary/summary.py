@@ -27,7 +27,7 @@ from torch.func import functional_call, grad
 
 from curvlab.data import Data, iter_batches
 from curvlab.errors import UnsupportedModuleError
-from curvlab.guards import check_finite
+from curvlab.guards import check_dense_allocation, check_finite
 from curvlab.losses import LossAdapter, loss_adapter
 from curvlab.partition import Partition, PartitionSpec, trainable_parameters
 from curvlab.provenance import provenance
@@ -81,6 +81,7 @@ def grouped_newton_summary(
         UnsupportedModuleError: ``method="layered"`` on a model it cannot take (the message says why),
             or a batch-norm layer in training mode.
         ValueError: a bad ``order``, ``curvature``, ``method`` or ``direction`` shape.
+        MemoryBudgetError: H̄ [S, S] would exceed the memory budget (checked before any pass).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -103,6 +104,8 @@ def grouped_newton_summary(
     if part.params != Partition.describe(model):
         raise ValueError("the given Partition was built for another model: its parameters differ")
     ref = named[0][1]
+    s = part.num_groups  # H̄ is [S, S] (and each route keeps S tangents): refused before any pass
+    check_dense_allocation((s, s), ref.dtype, f"hbar over the S={s} groups of partition {part.kind!r}")
     batches: Iterable = iter_batches(data)
     given = direction is not None
     if not given:
@@ -154,7 +157,9 @@ def gradient_direction(model: nn.Module, adapter: LossAdapter, batches: Iterable
     for inputs, targets in batches:
         inputs, targets = _cast((inputs, targets), named[0][1])
         with torch.no_grad():
-            z = adapter.normalizer(functional_call(model, params, (inputs,)))
+            outputs = functional_call(model, params, (inputs,))
+            adapter.check(outputs, targets)  # before the loss sees the targets
+            z = adapter.normalizer(outputs)
         g = grad(loss)(params, inputs, targets)
         w = float(z) if adapter.reduction == "mean" else 1.0
         g = [w * g[n] for n, _ in named]

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "CurvlabError",
     "CurvlabWarning",
+    "DistributedError",
     "MemoryBudgetError",
     "NonFiniteError",
     "PartitionError",
@@ -39,6 +40,10 @@ class NonFiniteError(CurvlabError, FloatingPointError):
 
 class PartitionError(CurvlabError, ValueError):
     """A parameter partition misses a parameter, names one twice, or names an unknown one."""
+
+
+class DistributedError(CurvlabError, RuntimeError):
+    """The ranks of a process group failed or disagree; raised on every rank alike, before any reduction."""
 
 
 class CurvlabWarning(UserWarning):

@@ -14,16 +14,19 @@ product of summed blocks, Σ_b A_b ⊗ G_b). KFRA's G is a nonlinear function of
 over the batch at every layer), so its combination is the batch-weighted mean of per-batch factors.
 
 Distributed: when ``torch.distributed`` is initialised, :meth:`Accumulator.all_reduce` sums U, W
-and sample counts over ranks and gathers factor rows (rank order), so every rank holds the union result.
+and sample counts over ranks and gathers factor rows (rank order), so every rank holds the union result,
+after the ranks agreed on what they reduce (:mod:`curvlab.distributed`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
 
+from curvlab.distributed import agree, checksum, is_distributed, tensor_spec
 from curvlab.engine.statistics import BatchStatistics
 
 __all__ = ["Accumulator"]
@@ -81,12 +84,22 @@ class Accumulator:
         """W: Σ_b Z_b for reduction 'mean', 1 for 'sum'."""
         return float(self.normalizer) if self.reduction == "mean" else 1.0
 
-    def all_reduce(self) -> None:
-        """Sum over the ranks of an initialised process group (no-op otherwise, and when done already)."""
-        if self._reduced or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    def all_reduce(self, parameters: Iterable[torch.Tensor] = ()) -> None:
+        """Sum over the ranks of an initialised process group (no-op otherwise, and when done already).
+
+        First every rank agrees (:func:`curvlab.distributed.agree`) on the keys, shapes and dtypes it
+        reduces, the reduction, and a checksum of ``parameters`` (the model's parameters and buffers),
+        and learns whether any rank failed: on any difference every rank raises the same
+        :class:`~curvlab.errors.DistributedError` instead of blocking or aborting in the backend.
+        """
+        if self._reduced or not is_distributed():
             return
-        self._reduced = True
         self._unscale()
+        spec = {"reduction": self.reduction, **tensor_spec(self.sums), **tensor_spec(self.inputs)}
+        for store in (self.rows, self.stacked):
+            spec.update(tensor_spec({k: v[0] for k, v in store.items() if v}, leading=False))
+        agree(spec, parameters=checksum(parameters), what="curvlab.compute")
+        self._reduced = True
         counts = torch.tensor([self.batches, self.normalizer, self.count], dtype=torch.float64)
         dist.all_reduce(counts)
         self.batches, self.normalizer, self.count = (int(v) for v in counts.tolist())

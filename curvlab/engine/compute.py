@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from curvlab.data import Data, is_single_batch, iter_batches
+from curvlab.distributed import shared_failure
 from curvlab.engine.hooks import CurvatureHooks
 from curvlab.engine.quantities import Quantity, Source, parse_quantities
 from curvlab.engine.result import Curvature, assemble, kronecker_factors
@@ -110,6 +111,7 @@ def compute(
     return assemble(model, qs, stats, partition, attrs, layer_partition=info["layer_partition"])
 
 
+@shared_failure("curvlab.compute")  # under torch.distributed: a rank that raises tells the others
 def _run(model, adapter, data, quantities, progress, params, **options) -> tuple[BatchStatistics, dict[str, Any]]:
     needs_grad = any(q.source in (Source.EMPIRICAL, Source.HESSIAN) for q in quantities)
     total = 1 if is_single_batch(data) else (len(data) if hasattr(data, "__len__") else None)

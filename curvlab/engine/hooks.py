@@ -174,7 +174,7 @@ class CurvatureHooks:
         """The combined statistics (:class:`~curvlab.engine.statistics.BatchStatistics`), after all-reducing
         across processes when ``torch.distributed`` is initialised; with ``ekfac`` they carry its factors."""
         self._flush()
-        self.accumulator.all_reduce()
+        self.accumulator.all_reduce([*self.model.parameters(), *self.model.buffers()])  # agree, then reduce
         stats = self.accumulator.result()
         for layer, (A, G) in self.ekfac_factors.items():
             stats.sums[("ekfac", layer, "A")], stats.sums[("ekfac", layer, "G")] = A, G

@@ -4,11 +4,11 @@ g_n = ∇_θ ℓ(f(x_n), y_n) is the gradient of sample n's (unscaled) loss at t
 E = (1/Z) Σ_n g_n g_nᵀ over all data for reduction ``"mean"`` (Σ_n g_n g_nᵀ for ``"sum"``). Two routes:
 
 * ``EmpiricalFisherStrategy.PER_SAMPLE_GRADIENTS``: the [N, P] matrix of per-sample gradients is computed
-  once (``vmap`` of ``grad``) and a product is two matrix products, E v = Gᵀ(G v)/Z. Memory N·P.
+  once (reverse-mode rows of the batch function's per-sample losses) and a product is two matrix products, E v = Gᵀ(G v)/Z. Memory N·P.
 * ``EmpiricalFisherStrategy.JACOBIAN_PRODUCTS``: g_n = J_nᵀ r_n with r_n = ∂ℓ_n/∂f_n, so E v is the sandwich
   Jᵀ (r rᵀ) J v (a jvp and a vjp, as for the GGN); memory of one training step.
 * ``AUTO`` (default): per-sample gradients if the [N, P] matrix is small (N·P ≤ 2²², and within a quarter of
-  the memory budget) and ``vmap`` supports the model, else Jacobian products. Measured on CPU: on an MLP
+  the memory budget), else Jacobian products. Measured on CPU: on an MLP
   64-32-32-10 with N = 16 (N·P ≈ 55k) the cached per-sample gradients are about 20× faster per product;
   on the MLP 784-256-256-10 with N = 128 (N·P ≈ 34M) the two memory-bound matrix-vector products over the
   [N, P] matrix cost about 3× more than the jvp/vjp route (``benchmarks/operators.py``).
@@ -21,8 +21,9 @@ import json
 
 import torch
 from torch import nn
-from torch.func import grad, vmap
 
+
+from curvlab.autodiff import reverse_jacobian
 from curvlab.data import Data
 from curvlab.guards import get_memory_budget
 from curvlab.losses import LossAdapter
@@ -106,7 +107,7 @@ class EmpiricalFisherOperator(OutputSandwichOperator):
                     RuntimeError,
                     NotImplementedError,
                     ValueError,
-                ):  # vmap does not support the model
+                ):  # the model cannot be differentiated this way
                     pass
         elif strategy is EmpiricalFisherStrategy.PER_SAMPLE_GRADIENTS:
             self.per_sample_gradients = self._per_sample_gradients()
@@ -116,19 +117,15 @@ class EmpiricalFisherOperator(OutputSandwichOperator):
         )
 
     def _per_sample_gradients(self) -> list[torch.Tensor]:
-        """Per batch, the [N_b, P] matrix of ∇_θ ℓ_n (unscaled, at the observed targets)."""
-
-        def sample_loss(
-            params, x, y
-        ):  # ℓ_n = Z_1 · loss of the one-sample batch (inputs were checked)
-            out = self.forward(params, x[None])
-            return self.loss.normalizer(out) * self.loss.loss_fn(out, y[None])
-
-        per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+        """Per batch, the [N_b, P] matrix of ∇_θ ℓ_n (unscaled, at the observed targets): the rows of
+        the Jacobian of the per-sample losses of the batch function, by reverse mode."""
         grads = []
         for x, y in self.batches:
-            g = per_sample(self.params, x, y)
-            grads.append(torch.cat([t.reshape(t.shape[0], -1) for t in g], dim=1))
+
+            def sample_losses(*params, x=x, y=y):
+                return self.loss.per_sample_loss(self.forward(params, x), y)
+
+            grads.append(reverse_jacobian(sample_losses, *self.params))
         return grads
 
     def _output_product(self, b: int, u: torch.Tensor) -> torch.Tensor:

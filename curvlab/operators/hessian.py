@@ -4,30 +4,30 @@ Two ways to the same product (Pearlmutter 1994):
 
 * ``HVPMethod.DOUBLE_BACKWARD``: reverse-over-reverse. With ``cache=True`` the gradient graph
   (``create_graph=True``) is built once per batch and each product is one backward pass through it.
-* ``HVPMethod.FORWARD_OVER_REVERSE``: a forward-mode jvp of the gradient function (``torch.func``).
-  With ``cache=True`` it is linearised once per batch (``torch.func.linearize``) and replayed; if tracing
-  fails, a warning is issued and the jvp is recomputed for every product. The loss is written with
-  elementary operations (:mod:`curvlab.losses.elementary`): forward-mode AD through the fused
-  ``mse_loss`` backward fails in torch 2.13, and tracing it crashes the process.
+* ``HVPMethod.FORWARD_OVER_REVERSE``: a forward-mode jvp of the gradient function (``torch.func``),
+  recomputed for every product (``cache`` has no effect: ``torch.func.linearize`` replays in-place
+  ops wrongly in torch 2.13, so its trace is never reused). The loss is written with elementary
+  operations (:mod:`curvlab.losses.elementary`): forward-mode AD through the fused ``mse_loss``
+  backward fails in torch 2.13.
 
-Caching keeps one graph per batch alive (memory of about one training step per batch).
+Caching keeps one graph per batch alive (memory of about one training step per batch). Both routes
+are exact for in-place ops; the default (double backward) needs only reverse mode.
 """
 
 from __future__ import annotations
 
 import enum
-import warnings
 
 import torch
 from torch import nn
-from torch.func import grad, jvp, linearize, vmap
+from torch.func import grad, jvp, vmap
 
 from curvlab.data import Data
-from curvlab.errors import CurvlabWarning
 from curvlab.losses import LossAdapter
 from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.losses.elementary import elementary_loss
-from curvlab.operators.model_operator import ModelCurvatureOperator, quiet_forward_ad
+from curvlab.autodiff import quiet_forward_ad
+from curvlab.operators.model_operator import ModelCurvatureOperator
 from curvlab.partition import Partition, PartitionSpec
 
 __all__ = ["HVPMethod", "HessianOperator"]
@@ -48,13 +48,13 @@ class HessianOperator(ModelCurvatureOperator):
         loss_fn: ``MSELoss``, ``CrossEntropyLoss`` or ``BCEWithLogitsLoss`` (mean or sum).
         data: an ``(inputs, targets)`` batch or an iterable of batches (combined exactly).
         method: :class:`HVPMethod` or its value string.
-        cache: keep per-batch gradient graphs (double backward) or linearised jvps (forward over reverse)
-            between products: faster, more memory.
+        cache: keep the per-batch gradient graphs (double backward) between products: faster, more
+            memory. No effect on forward over reverse.
         partition: the groups used by :meth:`restrict` (``"canonical"``, ``"layer"``, ...).
         cg: stopping rule of :meth:`solve`.
 
     Cost per product, in gradients (MLP 784-256-256-10, CPU time; ``benchmarks/operators.py``): double
-    backward about 1.5 with ``cache=True`` and 2.7 without; forward over reverse about 1.6 and 4.
+    backward about 1.5 with ``cache=True`` and 2.7 without; forward over reverse about 4.
 
     Example:
         >>> import torch.nn as nn
@@ -114,13 +114,9 @@ class HessianOperator(ModelCurvatureOperator):
                 if self.method is HVPMethod.DOUBLE_BACKWARD:
                     part = self._double_backward(b, vs, batched=True)
                 else:
-                    linear = self._linearized_gradient(b) if self.cache else None
                     gradient = self._gradient_function(b)
                     with quiet_forward_ad():
-                        if linear is not None:
-                            hv = vmap(linear)(*vs)
-                        else:
-                            hv = vmap(lambda *t, g=gradient: jvp(g, self.params, t)[1])(*vs)
+                        hv = vmap(lambda *t, g=gradient: jvp(g, self.params, t)[1])(*vs)
                     part = torch.cat([h.reshape(h.shape[0], -1) for h in hv], dim=1).T
                 total = part if total is None else total.add_(part)
             return total
@@ -177,27 +173,6 @@ class HessianOperator(ModelCurvatureOperator):
 
         return grad(batch_loss, argnums=tuple(range(len(self.params))))
 
-    def _linearized_gradient(self, b: int):
-        """The jvp of the gradient, traced once (``torch.func.linearize``), or ``None`` if tracing fails."""
-        if b not in self._cached:
-            try:
-                with quiet_forward_ad():
-                    self._cached[b] = linearize(self._gradient_function(b), *self.params)[1]
-            except (
-                Exception
-            ) as err:  # data-dependent control flow etc.: recompute the jvp each time
-                warnings.warn(
-                    f"HessianOperator: torch.func.linearize failed ({type(err).__name__}: {err}); "
-                    "forward-over-reverse products recompute the jvp instead",
-                    CurvlabWarning,
-                    stacklevel=5,
-                )
-                self._cached[b] = None
-        return self._cached[b]
-
     def _forward_over_reverse(self, b: int, vs) -> torch.Tensor:
-        linear = self._linearized_gradient(b) if self.cache else None
         with quiet_forward_ad():
-            if linear is not None:
-                return self.flatten(linear(*vs))
             return self.flatten(jvp(self._gradient_function(b), self.params, vs)[1])

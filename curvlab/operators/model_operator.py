@@ -12,16 +12,16 @@ so that Σ_b w_b M_b is the matrix of all batches as one.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from curvlab.autodiff import quiet_forward_ad
+from curvlab.autodiff import exact_kernels, random_modules, stateless_copy
 from curvlab.data import Data, iter_batches
-from curvlab.errors import CurvlabWarning
+from curvlab.errors import UnsupportedModuleError
+from curvlab.guards import check_finite
 from curvlab.losses import LossAdapter, combine_weight, loss_adapter
 from curvlab.operators.base import CurvatureOperator
 from curvlab.operators.cg import DEFAULT_CG, CGSettings
@@ -74,12 +74,21 @@ class ModelCurvatureOperator(CurvatureOperator):
                 )
         self.param_names = tuple(n for n, _ in named)
         self.params = tuple(p.detach().clone() for _, p in named)
-        self._buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-        _warn_if_random(model)
+        for name, p in zip(self.param_names, self.params, strict=True):
+            check_finite(p, f"{type(self).__name__}: parameter {name}")
+        random = random_modules(model)
+        if random:
+            raise UnsupportedModuleError(
+                f"{', '.join(random)} in training mode: every product would draw a new dropout mask, "
+                "so the operator is no fixed matrix. Call model.eval(), or set p=0."
+            )
+        self._function = stateless_copy(model)
+        self._buffers = {n: b.detach().clone() for n, b in self._function.named_buffers()}
         with torch.no_grad():
             outputs = [self.forward(self.params, x) for x, _ in self.batches]
-        for out, (_, y) in zip(outputs, self.batches, strict=False):
+        for b, (out, (_, y)) in enumerate(zip(outputs, self.batches, strict=False)):
             self.loss.check(out, y)
+            check_finite(out, f"{type(self).__name__}: model outputs of batch {b}")
         self.outputs = outputs
         self.normalizers = [self.loss.normalizer(out) for out in outputs]
         self.weights = combine_weight(self.normalizers, self.loss.reduction)
@@ -96,7 +105,8 @@ class ModelCurvatureOperator(CurvatureOperator):
     def forward(self, params: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         """The model's outputs at ``params`` (tensors shaped like the trainable parameters)."""
         state = {**self._buffers, **dict(zip(self.param_names, params, strict=False))}
-        return functional_call(self.model, state, (inputs,))
+        with exact_kernels():
+            return functional_call(self._function, state, (inputs,))
 
     def batch_loss(self, params: Sequence[torch.Tensor], b: int) -> torch.Tensor:
         """w_b L_b(params): batch b's loss, weighted so that the sum over batches is the total loss."""
@@ -116,14 +126,3 @@ class ModelCurvatureOperator(CurvatureOperator):
             f"{type(self).__name__}(P={self.shape[0]}, batches={len(self.batches)}, loss={self.loss.name}, "
             f"dtype={self.dtype})"
         )
-
-
-def _warn_if_random(model: nn.Module) -> None:
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0:
-            warnings.warn(
-                f"{name or type(model).__name__} ({type(module).__name__}) is in training mode: every product "
-                "draws a new dropout mask. Call model.eval() for a deterministic operator.",
-                CurvlabWarning,
-                stacklevel=3,
-            )

@@ -7,7 +7,13 @@ import xarray as xr
 from torch import nn
 
 from curvlab import reference
-from curvlab.errors import CurvlabError, CurvlabWarning, MemoryBudgetError, UnsupportedLossError
+from curvlab.errors import (
+    CurvlabError,
+    CurvlabWarning,
+    MemoryBudgetError,
+    UnsupportedLossError,
+    UnsupportedModuleError,
+)
 from curvlab.guards import memory_budget
 from curvlab.operators import (
     ComplexStepHessianOperator,
@@ -80,15 +86,16 @@ def test_export_is_a_dense_curvature(hessian_case):
         HessianOperator.from_xarray(ds)
 
 
-def test_dropout_in_training_mode_warns_and_model_is_untouched():
+def test_dropout_in_training_mode_is_refused_and_model_is_untouched():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.2), nn.Linear(4, 2)).double()
     x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.warns(CurvlabWarning, match="'1'|1 \\(Dropout\\)"):
-        op = GGNOperator(model, nn.MSELoss(), (x, y))
+    with pytest.raises(UnsupportedModuleError, match=r"1 \(Dropout\) in training mode.*model.eval\(\)"):
+        GGNOperator(model, nn.MSELoss(), (x, y))
+    op = GGNOperator(model.eval(), nn.MSELoss(), (x, y))  # the suggested fix works
     op @ torch.ones(op.shape[0], dtype=torch.float64)
-    assert model.training and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,15 @@ ordering, see :mod:`curvlab.partition`), so learning-rate schedulers and ``param
   damping, running statistics), so training resumes identically;
 * the non-finite guard: a NaN/inf loss, gradient or step is rejected, the parameters stay untouched,
   and the optimiser either raises its damping (methods with damping; a :class:`CurvlabWarning` is
-  issued and ``statistics()["rejected"] == 1``) or raises :class:`curvlab.errors.NonFiniteError`.
+  issued and ``statistics()["rejected"] == 1``) or raises :class:`curvlab.errors.NonFiniteError`;
+* roll-back of a step into a non-finite region: a step whose parameters are not finite is undone at
+  once; when the loss of the next batch is not finite but was finite before the last step (the
+  parameters of before that step are kept, one copy), the last step is rolled back, the step is made
+  more cautious (damping raised, or the learning rate halved for methods without damping) and a
+  :class:`CurvlabWarning` says so (``statistics()["rolled_back"] == 1``): the optimiser recovers
+  instead of rejecting every later step;
+* ``load_state_dict`` validates the saved state against this model's parameters (count and shapes)
+  before loading anything, and raises ``ValueError`` naming the mismatch.
 """
 
 from __future__ import annotations
@@ -80,9 +88,16 @@ class CurvatureOptimizer(torch.optim.Optimizer):
                 f"{type(self).__name__}.step(inputs, targets) takes two tensors, got "
                 f"{type(inputs).__qualname__} and {type(targets).__qualname__}"
             )
-        self._statistics = {"rejected": 0.0}
-        with torch.enable_grad():
-            loss = self._step(inputs, targets)
+        self._statistics = {"rejected": 0.0, "rolled_back": 0.0}
+        self._batch = (inputs, targets)
+        before = self._before = [p.detach().clone() for p in self.params]
+        try:
+            with torch.enable_grad():
+                loss = self._step(inputs, targets)
+        finally:
+            self._batch = self._before = None
+        if self._statistics["rejected"] == 0.0 and self._statistics["rolled_back"] == 0.0:
+            self._previous = before  # the parameters before the accepted step, for a roll-back
         self.global_state["step"] += 1
         self._statistics.setdefault("loss", float(loss))
         return loss.detach()
@@ -92,16 +107,45 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         return dict(self._statistics)
 
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+        state = torch.optim.Optimizer.state_dict(self)
         state["curvlab"] = copy.deepcopy(self.global_state)
+        state["curvlab_param_shapes"] = [tuple(p.shape) for p in self.params]
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`; refuses (``ValueError``, nothing loaded) one saved from a different model."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{type(self).__name__}.load_state_dict takes a dict, got {type(state_dict).__qualname__}")
         state_dict = dict(state_dict)
         extra = state_dict.pop("curvlab", None)
+        shapes = state_dict.pop("curvlab_param_shapes", None)
+        name = type(self).__name__
+        mine = [tuple(p.shape) for p in self.params]
+        if shapes is not None:
+            shapes = [tuple(s) for s in shapes]
+            if len(shapes) != len(mine):
+                raise ValueError(f"{name}.load_state_dict: the state was saved for {len(shapes)} parameter tensors, "
+                                 f"this model has {len(mine)}")
+            for i, (a, b) in enumerate(zip(shapes, mine, strict=True)):
+                if a != b:
+                    raise ValueError(f"{name}.load_state_dict: parameter {self.param_names[i]!r} is {b} here but "
+                                     f"{a} in the saved state (a differently shaped model)")
+        numel = sum(p.numel() for p in self.params)
+        for key, value in (extra or {}).items():
+            if isinstance(value, torch.Tensor) and value.ndim == 1 and key.endswith(("buffer", "exp_avg", "exp_avg_sq",
+                                                                                     "g_hat", "s", "drift", "eta")):
+                if value.numel() != numel:
+                    raise ValueError(f"{name}.load_state_dict: the saved {key!r} has {value.numel()} entries, this "
+                                     f"model has {numel} parameters")
+        if extra is not None:
+            self._check_loaded_state(extra)
         super().load_state_dict(state_dict)
         if extra is not None:
             self.global_state = copy.deepcopy(extra)
+        self._previous = None
+
+    def _check_loaded_state(self, state: dict[str, Any]) -> None:
+        """Subclass hook: raise ``ValueError`` if the saved optimiser-wide ``state`` does not fit this model."""
 
     # ------------------------------------------------------------------ helpers for subclasses
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -129,9 +173,43 @@ class CurvatureOptimizer(torch.optim.Optimizer):
     def _evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self._loss(inputs, targets)
 
+    def _recover(self) -> str:
+        """Make the next steps more cautious after a roll-back (damping up, or the learning rate halved)."""
+        if self.has_damping:
+            return self._raise_damping()
+        group = self._group()
+        group["lr"] *= 0.5
+        return f"learning rate halved to {group['lr']:.3g}"
+
+    @torch.no_grad()
+    def _roll_back(self, loss: torch.Tensor) -> bool:
+        """If the last accepted step made this batch's loss non-finite, undo it; True if it did."""
+        previous, batch = getattr(self, "_previous", None), getattr(self, "_batch", None)
+        if previous is None or batch is None:
+            return False
+        current = [p.detach().clone() for p in self.params]
+        for p, q in zip(self.params, previous, strict=True):
+            p.copy_(q)
+        if all_finite(self._loss(*batch)):
+            self._previous = None
+            note = self._recover()
+            warnings.warn(
+                f"{type(self).__name__}: the loss became non-finite after the last step; that step was rolled "
+                f"back, {note}",
+                CurvlabWarning,
+                stacklevel=4,
+            )
+            self._statistics["rolled_back"] = 1.0
+            return True
+        for p, q in zip(self.params, current, strict=True):  # the batch itself is bad: keep the step
+            p.copy_(q)
+        return False
+
     def _reject(self, what: str, loss: torch.Tensor) -> torch.Tensor:
         """Reject the step because ``what`` is not finite; the parameters are left untouched."""
         name = type(self).__name__
+        if what in ("loss", "gradient") and self._roll_back(loss):
+            return loss.detach()
         if not self.has_damping:
             raise NonFiniteError(f"{name}: the {what} is not finite; the parameters were left untouched")
         note = self._raise_damping()
@@ -149,8 +227,14 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         if not all_finite(updates):
             self._reject("step", loss)
             return False
+        saved = getattr(self, "_before", None) or [p.detach().clone() for p in self.params]
         for p, u in zip(self.params, updates, strict=True):
             p.add_(u)
+        if not all_finite(self.params):  # finite updates can still overflow the parameters
+            for p, q in zip(self.params, saved, strict=True):
+                p.copy_(q)
+            self._reject("updated parameters", loss)
+            return False
         return True
 
     def _group(self) -> dict[str, Any]:

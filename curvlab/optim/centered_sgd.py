@@ -31,7 +31,7 @@ class CenteredSGD(CurvatureOptimizer):
 
     Args:
         model, loss_fn: an MLP (trainable parameters in ``nn.Linear`` only) and a supported loss.
-        lr: λ > 0.
+        lr: λ > 0 (default 0.3: 0.01 barely moved, 0.86–0.98 of the initial loss after 10–30 steps).
 
     ``statistics()`` keys: ``loss``, ``input_mean_norm`` [layers] (‖h̄‖), ``rejected``.
 
@@ -45,7 +45,7 @@ class CenteredSGD(CurvatureOptimizer):
         True
     """
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, *, lr: float = 0.01) -> None:
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, *, lr: float = 0.3) -> None:
         defaults = dict(lr=check_range("lr", lr, low=0.0, low_inclusive=False))
         self.layers = linear_layers(model, type(self).__name__)
         super().__init__(model, loss_fn, defaults)

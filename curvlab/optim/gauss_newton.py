@@ -1,13 +1,17 @@
 """The Gauss–Newton quadratic model of the loss at the current parameters, built with ``torch.func``.
 
 For L(θ) = (1/Z) Σ_n ℓ(f(x_n; θ), y_n) (:mod:`curvlab.losses`), with J_n = ∂f_n/∂θ [C, P] and the
-per-sample output Hessian H_n [C, C], the generalised Gauss–Newton matrix is
+per-sample output Hessian H_n [C, C] (applied in closed form by
+:func:`curvlab.operators.sandwich.output_hessian_product`, never materialised: for BCE or MSE it is
+diagonal, for cross-entropy diag(p) − ppᵀ), the generalised Gauss–Newton matrix is
 
     G = (1/Z) Σ_n J_nᵀ H_n J_n                                                           [P, P]
 
 and the quadratic model of a step d is  m(d) = L + gᵀd + ½ dᵀ(G + ρI)d.  A product G v costs one
-forward-mode JVP (J v), one batched [C, C] product and one reverse-mode VJP (Jᵀ u); the VJP closure
-and H_n are computed once per batch and reused by every product (e.g. across CG iterations).
+forward-mode JVP (J v), one structured output-Hessian product (O(NC)) and one reverse-mode VJP (Jᵀ u);
+the VJP closure is computed once per batch and reused by every product (e.g. across CG iterations).
+The curvature along one direction, dᵀGd = (1/Z) Σ_n (J_n d)ᵀ H_n (J_n d), needs the JVP only
+(:meth:`GaussNewtonQuadratic.curvature_along`).
 The model must be deterministic (no dropout in train mode) for the products to be consistent.
 
 It exists beside :class:`~curvlab.operators.GGNOperator` because an optimiser step needs the loss, the gradient
@@ -24,6 +28,7 @@ from torch.func import functional_call, jacrev, jvp, vjp
 
 from curvlab.guards import check_dense_allocation
 from curvlab.losses import loss_adapter
+from curvlab.operators.sandwich import output_hessian_product
 from curvlab.partition import trainable_parameters
 
 __all__ = ["GaussNewtonQuadratic"]
@@ -77,7 +82,6 @@ class GaussNewtonQuadratic:
         self.loss = self.adapter(self.outputs, targets).detach()
         grad_out = self.adapter.output_gradient(self.outputs, targets).reshape(self._out_shape) * self.scale
         self.gradient = self._flat(self._vjp(grad_out))
-        self._hessian = self.adapter.output_hessian(self.outputs)  # [N, C, C]
 
     @property
     def num_params(self) -> int:
@@ -102,15 +106,28 @@ class GaussNewtonQuadratic:
     def ggn_matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """G v for a [P] vector (see the module docstring)."""
         jv = self.jvp(vector)
-        hjv = torch.einsum("nij,nj->ni", self._hessian, jv) * self.scale
+        hjv = output_hessian_product(self.adapter, self.outputs, jv) * self.scale
         return self._flat(self._vjp(hjv.reshape(self._out_shape)))
+
+    def curvature_along(self, vector: torch.Tensor) -> torch.Tensor:
+        """dᵀ G d for a [P] vector d, from one JVP (no VJP): (1/Z) Σ_n (J_n d)ᵀ H_n (J_n d), a 0-dim tensor.
+
+        Example:
+            >>> _ = torch.manual_seed(0); model = nn.Linear(3, 2).double()
+            >>> x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+            >>> q = GaussNewtonQuadratic(model, nn.MSELoss(), x, y); d = torch.randn(8, dtype=torch.float64)
+            >>> bool(torch.isclose(q.curvature_along(d), d @ q.ggn_matvec(d)))
+            True
+        """
+        jv = self.jvp(vector)
+        return (jv * output_hessian_product(self.adapter, self.outputs, jv)).sum() * self.scale
 
     def ggn_diagonal(self) -> torch.Tensor:
         """diag(G) [P], exactly, from per-sample Jacobians: (1/Z) Σ_n Σ_k ((S_nᵀ J_n)_k)², S_n S_nᵀ = H_n.
 
         Needs the per-sample Jacobians [N, C, P] in memory (checked against the memory budget).
         """
-        n, c = self.outputs.shape[0], self._hessian.shape[-1]
+        n, c = self.outputs.shape[0], self.adapter.num_outputs(self.outputs)
         check_dense_allocation((n, c, self.num_params), self.outputs.dtype, "per-sample Jacobians")
 
         def single(*params):
@@ -126,5 +143,5 @@ class GaussNewtonQuadratic:
 
     def quadratic(self, step: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
         """The predicted change gᵀd + ½ dᵀ(G + ρI)d of the loss for a [P] step d."""
-        curv = torch.dot(step, self.ggn_matvec(step)) + damping * torch.dot(step, step)
+        curv = self.curvature_along(step) + damping * torch.dot(step, step)
         return torch.dot(self.gradient, step) + 0.5 * curv

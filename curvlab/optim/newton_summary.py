@@ -17,6 +17,14 @@ used: θ_s ← θ_s − λ · max(η_s, 0) · u_s. The damping λ (``param_group
 plateaus of the epoch loss by :meth:`NewtonSummary.end_epoch` (factor 0.5, patience 0, threshold 1e-4), or
 by any torch learning-rate scheduler.
 
+**Safeguard** (``safeguard=True``, default): the loss of the batch is evaluated after the step; a step
+that increases it is backtracked, the multiplier halved up to ``safeguard_tries`` times (one forward
+pass each); if none decreases the loss the step is rejected (parameters untouched). The accepted
+multiplier s is remembered (λ_eff = λ · s, ``statistics()["safeguard_scale"]``) and doubled back
+towards 1 after each step accepted at once, so a summary that overestimates η (a near-singular H̄) costs
+a few forward passes instead of a divergence. The defaults (cubic term on, λ_int = 1; safeguard on) work
+without tuning; λ_int = 0 recovers the plain Newton step on H̄.
+
 Special cases (no cubic term, direction = gradient, λ = 1): the trivial partition gives Cauchy's
 steepest-descent step η = gᵀg / gᵀHg; the "entries" partition gives Newton's step H⁻¹g.
 
@@ -66,9 +74,13 @@ class NewtonSummary(CurvatureOptimizer):
         damping: λ > 0, the step multiplier (stored as ``param_groups[0]["lr"]``).
         partition: a partition kind (``"canonical"``, ``"trivial"``, ``"layer"``, ``"blocks-k"``,
             ``"entries"``), a mapping or a :class:`~curvlab.partition.Partition`.
-        lambda_int: λ_int ≥ 0, strength of the anisotropic cubic term (0: none, no third order needed).
+        lambda_int: λ_int ≥ 0, strength of the anisotropic cubic term (default 1; 0: none, no third order needed).
+        safeguard: backtrack / reject steps that increase the batch loss; safeguard_tries: halvings tried.
         period: recompute η every ``period`` steps.
-        updater: ``"sgd-momentum"`` (momentum μ, dampening τ) or ``"adam"`` (betas, eps).
+        updater: ``"adam"`` (default; betas, eps) or ``"sgd-momentum"`` (momentum μ, dampening τ; the
+            reference's choice for long stochastic runs, but on short or full-batch runs its lagging direction
+            is often not a descent direction: tiny MLP regression, 10 steps, 0.88 of the initial loss against
+            0.46 with ``"adam"``).
         lr_momentum: μ_η ∈ [0, 1), EMA of the learning rates.
         remove_negative: use max(η, 0).
         curvature: passed to the summary (``None``: its default, the Hessian).
@@ -76,6 +88,7 @@ class NewtonSummary(CurvatureOptimizer):
         plateau_factor, plateau_patience, plateau_threshold: the reduce-on-plateau schedule of λ.
 
     ``step(inputs, targets, summary_batch=None)``; ``statistics()`` keys: ``loss``, ``damping`` (λ),
+    ``safeguard_scale`` (s), ``safeguard_tries`` (forward passes spent),
     ``lrs`` [S] (η used), ``lrs_raw`` [S] (before the positive part), ``gbar`` [S], ``hbar`` [S, S], ``d3`` [S]
     (the last summary; ``d3`` is NaN without the cubic term), ``recomputed`` (1.0 on recomputation
     steps), ``summary_found`` (0.0 when H̄ was singular or the cubic root was not found: η is then kept,
@@ -85,7 +98,7 @@ class NewtonSummary(CurvatureOptimizer):
         >>> _ = torch.manual_seed(0)
         >>> model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).double()
         >>> x = torch.randn(64, 2, dtype=torch.float64); y = x[:, :1] * x[:, 1:]
-        >>> opt = NewtonSummary(model, nn.MSELoss(), damping=0.3, partition="canonical", lambda_int=10.0)
+        >>> opt = NewtonSummary(model, nn.MSELoss())
         >>> losses = [float(opt.step(x, y)) for _ in range(20)]
         >>> losses[-1] < 0.6 * losses[0], opt.statistics()["lrs"].shape      # one learning rate per tensor
         (True, torch.Size([4]))
@@ -100,9 +113,9 @@ class NewtonSummary(CurvatureOptimizer):
         *,
         damping: float = 1.0,
         partition: PartitionSpec | Partition = "canonical",
-        lambda_int: float = 0.0,
+        lambda_int: float = 1.0,
         period: int = 1,
-        updater: DirectionUpdater | str = DirectionUpdater.SGD_MOMENTUM,
+        updater: DirectionUpdater | str = DirectionUpdater.ADAM,
         momentum: float = 0.9,
         dampening: float = 0.9,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -114,6 +127,8 @@ class NewtonSummary(CurvatureOptimizer):
         plateau_factor: float = 0.5,
         plateau_patience: int = 0,
         plateau_threshold: float = 1e-4,
+        safeguard: bool = True,
+        safeguard_tries: int = 8,
     ) -> None:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise HyperparameterError(f"betas must be a pair (beta1, beta2), got {betas!r}")
@@ -131,6 +146,8 @@ class NewtonSummary(CurvatureOptimizer):
             eps=check_range("eps", eps, low=0.0, low_inclusive=False),
             lr_momentum=check_range("lr_momentum", lr_momentum, low=0.0, high=1.0, high_inclusive=False),
             remove_negative=check_bool("remove_negative", remove_negative),
+            safeguard=check_bool("safeguard", safeguard),
+            safeguard_tries=check_int("safeguard_tries", safeguard_tries, low=0),
         )
         super().__init__(model, loss_fn, defaults)
         self.partition = Partition.from_model(model, partition)
@@ -161,6 +178,38 @@ class NewtonSummary(CurvatureOptimizer):
         group = self._group()
         group["lr"] *= 0.5
         return f"step multiplier lambda halved to {group['lr']:.3g}"
+
+    @torch.no_grad()
+    def _safeguard(self, group, update: torch.Tensor, scale: float, loss, inputs, targets) -> float | None:
+        """Backtrack an applied ``update`` (θ = θ₀ + u) until the batch loss decreases; the new scale, or None
+        (θ restored to θ₀ exactly) when no tried fraction decreases it."""
+        start = [p - u for p, u in zip(self.params, self.partition.unflatten(update), strict=True)]
+        start = self._before if getattr(self, "_before", None) is not None else start
+        tries, fraction = 1, 1.0
+        after = self._evaluate(inputs, targets)
+        while not (bool(torch.isfinite(after)) and float(after) <= float(loss)):
+            if tries > group["safeguard_tries"]:
+                for p, p0 in zip(self.params, start, strict=True):
+                    p.copy_(p0)
+                self._statistics["safeguard_tries"] = float(tries)
+                return None
+            fraction *= 0.5
+            for p, p0, u in zip(self.params, start, self.partition.unflatten(fraction * update), strict=True):
+                p.copy_(p0 + u)
+            tries += 1
+            after = self._evaluate(inputs, targets)
+        self._statistics["safeguard_tries"] = float(tries)
+        return min(1.0, 2.0 * scale) if fraction == 1.0 else scale * fraction
+
+    def _reject_increase(self, loss: torch.Tensor) -> torch.Tensor:
+        """Every backtracked step increased the loss: the direction is not a descent direction here. The
+        parameters are restored; the updater state (measured at these parameters) is kept so the next
+        direction differs, and the learning rates are recomputed at the next step."""
+        scale = float(self.global_state.get("safeguard_scale", 1.0)) * 0.5
+        self.global_state["safeguard_scale"] = max(scale, 1e-12)
+        self.global_state.pop("lrs_raw", None)
+        self._statistics.update(rejected=1.0, safeguard_scale=self.global_state["safeguard_scale"])
+        return loss
 
     def _direction(self, group: dict[str, Any], grad: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """The new updater state and direction u [P] (not stored until the step is accepted)."""
@@ -238,9 +287,17 @@ class NewtonSummary(CurvatureOptimizer):
             self._statistics["summary_found"] = 1.0
         lrs = lrs_raw.clamp_min(0) if group["remove_negative"] else lrs_raw
         per_entry = lrs[self.partition.group_ids().to(lrs.device)]
-        update = -group["lr"] * per_entry * direction
+        scale = float(self.global_state.get("safeguard_scale", 1.0))
+        update = -group["lr"] * scale * per_entry * direction
         if not self._apply(self.partition.unflatten(update), loss):
             return loss
+        if group["safeguard"]:
+            scale = self._safeguard(group, update, scale, loss, inputs, targets)
+            if scale is None:
+                self.global_state.update(updater)
+                return self._reject_increase(loss)
+        self.global_state["safeguard_scale"] = scale
+        self._statistics["safeguard_scale"] = scale
         self.global_state.update(updater)
         self.global_state["lrs_raw"] = lrs_raw
         self.global_state["summary"] = summary

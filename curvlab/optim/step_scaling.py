@@ -18,7 +18,7 @@ __all__ = ["kl_clip_scale", "quadratic_step_scale"]
 
 
 def quadratic_step_scale(d: torch.Tensor, g: torch.Tensor, gd: torch.Tensor, damping: float, cap: float = 1.0) -> float:
-    """α* = clip(gᵀd / (dᵀGd + γ dᵀd), 0, cap) for [P] vectors d, g and Gd = G d.
+    """α* = clip(gᵀd / (dᵀGd + γ dᵀd), 0, cap) for [P] vectors d, g and ``gd`` = G d [P] (or dᵀGd, 0-dim).
 
     Example:
         >>> d, g = torch.tensor([1.0, 0.0]), torch.tensor([2.0, 0.0])
@@ -26,7 +26,8 @@ def quadratic_step_scale(d: torch.Tensor, g: torch.Tensor, gd: torch.Tensor, dam
         0.5
     """
     numerator = float(torch.dot(g, d))
-    denominator = float(torch.dot(d, gd)) + damping * float(torch.dot(d, d))
+    curvature = float(gd) if gd.ndim == 0 else float(torch.dot(d, gd))
+    denominator = curvature + damping * float(torch.dot(d, d))
     if not denominator > 0 or not math.isfinite(numerator):
         return 0.0 if math.isfinite(numerator) and math.isfinite(denominator) else math.nan
     return min(max(numerator / denominator, 0.0), cap)

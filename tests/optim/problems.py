@@ -13,7 +13,9 @@ Optimiser factories take ``(model, loss_fn)`` and use settings that suit these t
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -87,3 +89,73 @@ DAMPED = {"kfac-kflr", "kfac-mc-klclip-momentum", "kfac-kfra", "kfac-ekfac", "sg
 #: required final/initial loss ratio after the conformance steps (default 0.7). The ACP α heuristic
 #: (max squared output gradient) overestimates the curvature while residuals are large, so it is slow.
 REQUIRED_RATIO = {"acp": 0.99}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Problems for "every optimiser decreases the loss at its defaults": a tiny MLP regression, an MNIST MLP and
+# the MNIST autoencoder (small subsets of the shared extracts, which CI has at ../shared/data).
+
+SHARED_DATA = [Path(__file__).resolve().parents[2] / ".." / "shared" / "data", Path("/work/shared/data")]
+
+
+def shared_data(name: str) -> Path | None:
+    """The path of a shared data extract, or None if it is not there."""
+    for folder in SHARED_DATA:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _mnist(name: str, limit: int, dtype: torch.dtype):
+    from curvlab.datasets import load_dataset
+
+    path = shared_data(name)
+    if path is None:
+        pytest.skip(f"the shared MNIST extract {name} is not in {[str(p) for p in SHARED_DATA]}")
+    ds = load_dataset("mnist", path, seed=0, dtype=dtype, limit=limit)
+    return ds.train
+
+
+def tiny_mlp_regression(dtype: torch.dtype):
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(128, 2, generator=g, dtype=torch.float64) * 2 - 1
+    y = torch.sin(3 * x[:, :1]) * torch.cos(2 * x[:, 1:])
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1)).to(dtype)
+    return model, nn.MSELoss(), x.to(dtype), y.to(dtype)
+
+
+def mnist_mlp(dtype: torch.dtype):
+    x, y = _mnist("mnist-5k-labeled.npz", 320, dtype)
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.Tanh(), nn.Linear(32, 10)).to(dtype)
+    return model, nn.CrossEntropyLoss(), x[:256], y[:256]
+
+
+def mnist_autoencoder(dtype: torch.dtype):
+    x, _ = _mnist("mnist-10k-images.npz", 320, dtype)
+    x = x[:256].reshape(256, -1)
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(784, 32), nn.Sigmoid(), nn.Linear(32, 8), nn.Sigmoid(),
+                          nn.Linear(8, 32), nn.Sigmoid(), nn.Linear(32, 784)).to(dtype)
+    return model, nn.BCEWithLogitsLoss(), x, x
+
+
+DEFAULT_PROBLEMS: dict[str, Callable] = {
+    "tiny-mlp-regression": tiny_mlp_regression,
+    "mnist-mlp": mnist_mlp,
+    "mnist-autoencoder": mnist_autoencoder,
+}
+
+#: every curvlab optimiser, built with its defaults only
+DEFAULT_OPTIMIZERS: dict[str, Callable] = {
+    "sgn": lambda m, l: optim.SGN(m, l),
+    "kfac": lambda m, l: optim.KFAC(m, l),
+    "kfac-mc": lambda m, l: optim.KFAC(m, l, curvature="kfac"),
+    "kfra": lambda m, l: optim.KFAC(m, l, curvature="kfra"),
+    "ekfac": lambda m, l: optim.KFAC(m, l, curvature="ekfac"),
+    "newton-summary": lambda m, l: optim.NewtonSummary(m, l),
+    "acp": lambda m, l: optim.ACP(m, l),
+    "centered-sgd": lambda m, l: optim.CenteredSGD(m, l),
+    "second-order-adaptive": lambda m, l: optim.SecondOrderAdaptive(m, l),
+}

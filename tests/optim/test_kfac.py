@@ -33,7 +33,7 @@ def test_kflr_at_batch_size_one_takes_exact_block_diagonal_ggn_newton_step(loss_
         block = G[idx][:, idx]
         expected[idx] -= torch.linalg.pinv(block, hermitian=True, rtol=1e-10) @ g[idx]
     opt = KFAC(model, loss_fn, curvature="kflr", damping=damping, damping_mode=mode, ema_decay=0.0,
-               step_rescaling="none", lr=1.0)
+               step_rescaling="none", lr=1.0, adaptive_damping=False)
     opt.step(x, y)
     torch.testing.assert_close(reference.flat_parameters(model), expected, rtol=tol, atol=tol)
 
@@ -53,12 +53,14 @@ def test_factored_tikhonov_with_pi_and_quadratic_rescaling():
         pi = math.sqrt((A.trace() / A.shape[0]) / (Gf.trace() / Gf.shape[0]))
         pis.append(pi)
         eye_a, eye_g = torch.eye(A.shape[0], dtype=A.dtype), torch.eye(Gf.shape[0], dtype=A.dtype)
-        damped = torch.kron(Gf + pi * math.sqrt(gamma) * eye_g, A + math.sqrt(gamma) / pi * eye_a)
+        # Martens & Grosse §6.3: (A + π√γ I) ⊗ (G + √γ/π I); the Kronecker ordering is G-major
+        damped = torch.kron(Gf + math.sqrt(gamma) / pi * eye_g, A + pi * math.sqrt(gamma) * eye_a)
         # Kronecker ordering vec([W, b]) row-major -> reference ordering (W.flatten(), b)
         v = factors.to_matrix(g[group.indices]).reshape(-1)
         d[group.indices] = factors.from_matrix(torch.linalg.solve(damped, v).reshape(factors.matrix_shape))
     alpha = min(1.0, float(g @ d / (d @ G @ d + gamma * d @ d)))
-    opt = KFAC(model, loss_fn, curvature="kflr", damping=gamma, ema_decay=0.0, lr=0.8)
+    opt = KFAC(model, loss_fn, curvature="kflr", damping=gamma, ema_decay=0.0, lr=0.8,
+               step_rescaling="quadratic", adaptive_damping=False)
     opt.step(x, y)
     stats = opt.statistics()
     assert stats["step_scale"] == pytest.approx(alpha)
@@ -70,7 +72,7 @@ def test_ema_of_factors_and_update_periods():
     model, loss_fn, x, y = _mlp(n=8)
     batches = [(x[:4], y[:4]), (x[4:], y[4:])]
     opt = KFAC(model, loss_fn, curvature="kflr", ema_decay=0.75, stats_period=2, inverse_period=3,
-               step_rescaling="none", lr=1e-3)
+               step_rescaling="none", lr=1e-3, adaptive_damping=False)
     flags, expected = [], None
     for step in range(6):
         batch = batches[step % 2]
@@ -80,14 +82,14 @@ def test_ema_of_factors_and_update_periods():
         opt.step(*batch)
         stats = opt.statistics()
         flags.append((stats["stats_updated"], stats["inverses_updated"]))
-        torch.testing.assert_close(opt.global_state["factors"]["2"]["A"], expected)
+        torch.testing.assert_close(opt.global_state["factors"]["2"]["A"], expected.to(torch.float64))
     assert flags == [(1.0, 1.0), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.0, 0.0)]
 
 
 def test_kl_clip_scale():
     model, loss_fn, x, y = _mlp(nn.CrossEntropyLoss())
     opt = KFAC(model, loss_fn, curvature="kfac", step_rescaling="kl-clip", kl_clip=1e-4, lr=0.5,
-               damping=1e-2, mc_samples=4)
+               damping=1e-2, mc_samples=4, adaptive_damping=False)
     g = reference.gradient(model, loss_fn, x, y)
     theta = reference.flat_parameters(model)
     opt.step(x, y)
@@ -117,3 +119,30 @@ def test_decreases_loss_on_shared_sequential_cases(sequential_case, curvature):
     with torch.no_grad():
         final = float(loss_fn(model(x), y))
     assert final < losses[0], (sequential_case.name, losses, final)
+
+
+def test_factored_damping_puts_pi_on_the_input_factor_hand_derived_2x2():
+    """nn.Linear(1, 1) with bias: A = E[[x;1][x;1]ᵀ] is 2×2, G = E[(∂ℓ/∂a)²] is 1×1 (MSE on one output: G = 2).
+
+    x = (1, 3), y = 0, W = b = 0 → a = 0:  A = [[5, 2], [2, 1]], tr A / 2 = 3, G = [[2]] → π = sqrt(3/2).
+    With γ = 0.25 (√γ = ½) Martens & Grosse §6.3 damp as (A + π/2 I) ⊗ (G + 1/(2π)): the solve is
+    d = (A + π/2 I)⁻¹ g / (2 + 1/(2π)), g = ∇L = E[2 a [x; 1]] = 0 → use a non-zero target y = (1, 1):
+    g = (−2·(1+3)/2, −2) = (−4, −2) over (W, b).
+    """
+    model = nn.Sequential(nn.Linear(1, 1)).double()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.zero_()
+    x = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
+    y = torch.ones(2, 1, dtype=torch.float64)
+    pi = math.sqrt(3.0 / 2.0)
+    A = torch.tensor([[5.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    g = torch.tensor([-4.0, -2.0], dtype=torch.float64)
+    d = torch.linalg.solve(A + (pi / 2) * torch.eye(2, dtype=torch.float64), g) / (2.0 + 1.0 / (2 * pi))
+    wrong = torch.linalg.solve(A + 1 / (2 * pi) * torch.eye(2, dtype=torch.float64), g) / (2.0 + pi / 2)
+    assert not torch.allclose(d, wrong, rtol=1e-3)
+    opt = KFAC(model, nn.MSELoss(), curvature="kflr", damping=0.25, ema_decay=0.0, step_rescaling="none",
+               adaptive_damping=False, lr=1.0)
+    opt.step(x, y)
+    assert opt.statistics()["pi"].tolist() == pytest.approx([pi])
+    torch.testing.assert_close(reference.flat_parameters(model), -d, rtol=1e-10, atol=1e-12)

@@ -6,7 +6,8 @@ from curvlab import reference
 from curvlab.optim import HyperparameterError, NewtonSummary
 from curvlab.summary import grouped_newton_summary, newton_summary_step
 
-PLAIN = dict(momentum=0.0, dampening=0.0, lr_momentum=0.0)  # direction = gradient, no EMA
+PLAIN = dict(updater="sgd-momentum", momentum=0.0, dampening=0.0, lr_momentum=0.0, lambda_int=0.0,
+             safeguard=False)  # direction = gradient, no EMA, no cubic term, no safeguard
 
 
 def _mlp(dtype=torch.float64):
@@ -47,7 +48,8 @@ def test_period_separate_batch_and_learning_rate_ema():
     model, loss_fn, x, y = _mlp()
     xs, ys = torch.randn(30, 3, dtype=torch.float64), torch.randn(30, 1, dtype=torch.float64)
     opt = NewtonSummary(model, loss_fn, partition="canonical", period=2, lr_momentum=0.5,
-                        momentum=0.0, dampening=0.0, remove_negative=False)
+                        momentum=0.0, dampening=0.0, remove_negative=False, lambda_int=0.0, safeguard=False,
+                        updater="sgd-momentum")
     flags, lrs_raw = [], None
     for step in range(4):
         g = reference.gradient(model, loss_fn, x, y)  # the direction (no momentum)
@@ -67,7 +69,8 @@ def test_period_separate_batch_and_learning_rate_ema():
 
 def test_positive_part_and_damping():
     model, loss_fn, x, y = _mlp()
-    opt = NewtonSummary(model, loss_fn, damping=0.3, partition="layer")
+    opt = NewtonSummary(model, loss_fn, damping=0.3, partition="layer", safeguard=False,
+                        updater="sgd-momentum")
     for _ in range(3):
         theta = reference.flat_parameters(model)
         opt.step(x, y)
@@ -81,7 +84,7 @@ def test_positive_part_and_damping():
 
 def test_momentum_buffer_is_torch_sgd_semantics():
     model, loss_fn, x, y = _mlp()
-    opt = NewtonSummary(model, loss_fn, momentum=0.9, dampening=0.9)
+    opt = NewtonSummary(model, loss_fn, momentum=0.9, dampening=0.9, safeguard=False, updater="sgd-momentum")
     buf = None
     for _ in range(3):
         g = reference.gradient(model, loss_fn, x, y)
@@ -100,7 +103,7 @@ def test_end_epoch_reduces_damping_on_plateau():
 def test_cubic_step_solves_the_regularised_system():
     """η = (H̄ + ½ λ_int ‖Dη‖ D²)⁻¹ ḡ with D = |D³|^{1/3}, checked on the reported summary."""
     model, loss_fn, x, y = _mlp()
-    opt = NewtonSummary(model, loss_fn, lambda_int=10.0, partition="layer", **PLAIN)
+    opt = NewtonSummary(model, loss_fn, partition="layer", **{**PLAIN, "lambda_int": 10.0})
     opt.step(x, y)
     stats = opt.statistics()
     gbar, hbar, eta = stats["gbar"], stats["hbar"], stats["lrs_raw"]

@@ -15,7 +15,7 @@ gradient of the layer (George et al. 2018, refitted to the exact GGN rather than
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -27,7 +27,9 @@ from curvlab.distributed import shared_failure
 from curvlab.engine.hooks import CurvatureHooks
 from curvlab.engine.quantities import Quantity, Source, parse_quantities
 from curvlab.engine.result import Curvature, assemble, kronecker_factors
+from curvlab.engine.route import rules_support
 from curvlab.engine.statistics import BatchStatistics
+from curvlab.errors import UnsupportedModuleError
 from curvlab.losses import loss_adapter
 from curvlab.partition import PartitionSpec, trainable_parameters
 from curvlab.provenance import provenance
@@ -45,6 +47,9 @@ def compute(
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    approximations: Mapping[str, str] | None = None,
+    weight_sharing: str = "expand",
+    route: str = "auto",
 ) -> Curvature:
     """Compute curvature ``quantities`` of ``loss_fn(model(x), y)`` over all of ``data``.
 
@@ -61,6 +66,13 @@ def compute(
         mc_samples: M, sampled targets per sample for ``kfac``, ``fisher_mc``, ``*_mc*``.
         generator: random source of the MC sampling.
         progress: show a tqdm progress bar over batches.
+        approximations: layer-name pattern -> approximation inside Kronecker quantities, e.g.
+            ``{"fc": "kflr", "*norm*": "diag"}`` (:class:`curvlab.estimators.EstimatorConfig`).
+        weight_sharing: ``"expand"`` or ``"reduce"``: Kronecker factors of layers whose weight is shared
+            by S positions (tokens, patches); see :mod:`curvlab.estimators.config` for when each is exact.
+        route: ``"auto"`` (the hand-written rule engine where it supports the model, it is the faster
+            one there; otherwise the collector), ``"collector"`` (any model: :mod:`curvlab.collector`)
+            or ``"rules"`` (:class:`~curvlab.engine.hooks.CurvatureHooks`; ``kfra`` needs it).
 
     Returns:
         :class:`~curvlab.engine.result.Curvature`, mapping quantity name -> representation.
@@ -78,6 +90,17 @@ def compute(
     """
     qs = parse_quantities(quantities)
     adapter = loss_adapter(loss_fn)
+    if route not in ("auto", "collector", "rules"):
+        raise ValueError(f"route must be 'auto', 'collector' or 'rules', got {route!r}")
+    use_rules = route == "rules" or (
+        route == "auto" and not approximations and weight_sharing == "expand" and rules_support(model, qs)
+    )
+    if not use_rules:
+        from curvlab.engine.collector_route import compute_collected  # noqa: PLC0415  (estimators import the engine)
+
+        return compute_collected(model, adapter, loss_fn, data, qs, partition=partition, mc_samples=mc_samples,
+                                 generator=generator, progress=progress, approximations=approximations,
+                                 weight_sharing=weight_sharing)
     wants_ekfac = Quantity.EKFAC in qs
     if wants_ekfac and not is_single_batch(data) and iter(data) is data:
         raise ValueError("ekfac makes two passes over the data: pass a re-iterable (list, DataLoader), not an iterator")
@@ -86,7 +109,16 @@ def compute(
         first += (Quantity.KFLR,)
     params = trainable_parameters(model)  # once per call (the hooks check the model's layers)
     common = {"mc_samples": mc_samples, "generator": generator}
-    stats, info = _run(model, adapter, data, first, progress, [p for _, p in params], **common)
+    try:
+        stats, info = _run(model, adapter, data, first, progress, [p for _, p in params], **common)
+    except UnsupportedModuleError:
+        # refused at run time (e.g. nn.Linear on [N, T, D]): the collector handles the model
+        if route == "rules" or not (is_single_batch(data) or iter(data) is not data):
+            raise
+        from curvlab.engine.collector_route import compute_collected  # noqa: PLC0415
+
+        return compute_collected(model, adapter, loss_fn, data, qs, partition=partition, mc_samples=mc_samples,
+                                 generator=generator, progress=progress)
     if wants_ekfac:
         layers = {key[1] for key in stats.sums if key[0] == "kflr" and key[2] == "G"}
         factors = {layer: kronecker_factors(stats, "kflr", layer) for layer in layers}

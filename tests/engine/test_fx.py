@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -78,5 +80,12 @@ def test_chain_only_quantities_and_unsupported_graphs_are_refused():
     with pytest.raises(UnsupportedModuleError, match=r"hessian_block, kfra need a chain.*node 'add'"):
         CurvatureHooks(model, loss_fn, ["ggn", "hessian_block", "kfra"])
     twice = TwoBranches().double()
+    data = (x[:, :3], torch.randn(5, 2, dtype=torch.float64))
     with pytest.raises(UnsupportedModuleError, match="called twice"):
-        compute(twice, nn.MSELoss(), (x[:, :3], torch.randn(5, 2, dtype=torch.float64)), "ggn", progress=False)
+        compute(twice, nn.MSELoss(), data, "ggn", progress=False, route="rules")
+    # the default route falls back to the collector, which handles reused modules exactly
+    from curvlab.reference import ggn
+
+    result = compute(twice, nn.MSELoss(), data, "ggn", progress=False)
+    assert torch.allclose(result["ggn"].dense(), ggn(twice, nn.MSELoss(), *data))
+    assert json.loads(result.attrs["config"])["route"] == "collector"

@@ -103,11 +103,17 @@ def test_run_time_checks_name_the_module():
     model = nn.Sequential(shared, nn.Tanh(), shared).double()
     x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
     with pytest.raises(UnsupportedModuleError, match="called twice"):
-        compute(model, nn.MSELoss(), (x, y), "ggn", progress=False)
+        compute(model, nn.MSELoss(), (x, y), "ggn", progress=False, route="rules")
+    # lifted on the default route: the collector takes over, exactly
+    assert torch.allclose(compute(model, nn.MSELoss(), (x, y), "ggn", progress=False)["ggn"].dense(),
+                          reference.ggn(model, nn.MSELoss(), x, y))
     model = nn.Sequential(nn.Linear(3, 2)).double()
     x3 = torch.randn(4, 5, 3, dtype=torch.float64)
+    data = (x3, torch.randn(4, 5, 2, dtype=torch.float64))
     with pytest.raises(UnsupportedModuleError, match=r"'0' \(Linear\) got input of shape \(4, 5, 3\)"):
-        compute(model, nn.MSELoss(), (x3, torch.randn(4, 5, 2, dtype=torch.float64)), "ggn", progress=False)
+        compute(model, nn.MSELoss(), data, "ggn", progress=False, route="rules")
+    assert torch.allclose(compute(model, nn.MSELoss(), data, "ggn", progress=False)["ggn"].dense(),
+                          reference.ggn(model, nn.MSELoss(), *data))
     assert _hook_count(model) == 0
 
 

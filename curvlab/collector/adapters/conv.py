@@ -1,0 +1,81 @@
+"""``nn.Conv1d/2d/3d``: any stride, dilation, groups, padding (integers, ``"same"``, ``"valid"``) and padding mode.
+
+The input is padded explicitly (``F.pad`` with the module's padding mode, zeros for ``"zeros"``) and
+unfolded into patches: X [N, S, C_in·∏k] with S output positions, in the layout of ``weight``
+[C_out, C_in/g, *k] flattened (channel-major). With g groups, output channel block j uses input
+channel block j only (``groups`` = g). Transposed convolutions are not handled here (they fall back
+to the exact per-parameter route of the collector).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from curvlab.collector.adapters.base import LayerAdapter, channels_first
+
+__all__ = ["ConvAdapter", "unfold_patches"]
+
+
+def _padding(module: nn.Module) -> list[int]:
+    """F.pad amounts (last dim first) for the module's padding."""
+    dims = len(module.kernel_size)
+    if module.padding == "valid":
+        return [0] * (2 * dims)
+    if module.padding == "same":
+        pads = []
+        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation), strict=True):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return pads
+    return [p for p in reversed(module.padding) for _ in range(2)]
+
+
+def unfold_patches(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """X [N, S, C·∏k] of a convolution input [N, C, *spatial] (see the module docstring).
+
+    Example:
+        >>> conv = nn.Conv2d(2, 3, 3, padding=1, stride=2).double()
+        >>> x = torch.randn(4, 2, 5, 5, dtype=torch.float64)
+        >>> X = unfold_patches(x, conv)                      # [N, S, C·k·k]
+        >>> y = X @ conv.weight.flatten(1).T + conv.bias     # [N, S, O]
+        >>> torch.allclose(y.transpose(1, 2).reshape(4, 3, 3, 3), conv(x))
+        True
+    """
+    pads = _padding(module)
+    if any(pads):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, pads, mode=mode)
+    dims = len(module.kernel_size)
+    if dims == 2:
+        patches = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
+        return patches.transpose(1, 2)
+    for i, (k, d, s) in enumerate(zip(module.kernel_size, module.dilation, module.stride, strict=True)):
+        x = x.unfold(2 + i, d * (k - 1) + 1, s)
+        if d > 1:
+            x = x[..., ::d]
+    # [N, C, L1..Ld, k1..kd] -> [N, L1..Ld, C, k1..kd]
+    order = [0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims)]
+    x = x.permute(order)
+    num = x.shape[0]
+    positions = 1
+    for size in x.shape[1 : 1 + dims]:
+        positions *= size
+    return x.reshape(num, positions, -1)
+
+
+class ConvAdapter(LayerAdapter):
+    """Convolutions as weight-shared linear maps on patches (see the module docstring)."""
+
+    def matches(self, module):
+        return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+
+    def groups(self, module):
+        return module.groups
+
+    def inputs(self, module, args, kwargs, output):
+        return unfold_patches(args[0].detach(), module)
+
+    def to_normal(self, module, grad, batch_dims):
+        return channels_first(grad, batch_dims)

@@ -1,0 +1,40 @@
+"""Which engine :func:`curvlab.compute` runs: the hand-written rules where they apply, else the collector.
+
+The rule engine (:class:`~curvlab.engine.hooks.CurvatureHooks`) propagates factors by per-module rules
+and is the faster route on the chains of modules it supports (``benchmarks/engine.py``). The
+collector (:mod:`curvlab.collector`, :mod:`curvlab.estimators`) works on any model. :func:`rules_support`
+is the static part of the rule engine's check, plus what it checks only at run time and can be seen
+up front: train-mode BatchNorm, ``nn.Linear`` on inputs with extra dimensions (unknown before the
+forward: the collector is then chosen only if the rule engine refuses the first batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from curvlab.engine.quantities import Quantity
+from curvlab.errors import UnsupportedModuleError
+
+__all__ = ["rules_support"]
+
+
+def rules_support(model: nn.Module, quantities: Sequence[Quantity]) -> bool:
+    """Whether the rule engine accepts ``model`` for ``quantities`` (its up-front checks only).
+
+    Example:
+        >>> rules_support(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)), [Quantity.KFLR])
+        True
+        >>> rules_support(nn.Sequential(nn.Embedding(5, 2), nn.Linear(2, 1)), [Quantity.KFLR])
+        False
+    """
+    from curvlab.engine.hooks import CurvatureHooks  # noqa: PLC0415
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__qualname__}")
+    try:
+        CurvatureHooks(model, nn.MSELoss(), quantities)
+    except UnsupportedModuleError:
+        return False
+    return True

@@ -1,0 +1,158 @@
+"""One batch through the collector: seeds, vectorised backward passes, per-layer statistics.
+
+For each factor source the seeds V [N, K, *out] (:mod:`curvlab.estimators.sources`) are pushed back
+once as *columns* (G [N, K, S, O] at every adapted layer: per-sample gradients when samples are
+independent) and, where needed, once as *rows* (one sample's column each: exact per-sample gradients
+of a batch function, and of parameters no adapter describes). Rows are used for
+
+* generic layers (no adapter): their parameters' gradients directly, [N·K, P_l];
+* every exact quantity (blocks, diagonals, full factors) when the samples are coupled
+  (train-mode BatchNorm, or a probe finds a sample's seed reaching other samples' layer outputs).
+
+Kronecker factors always use the columns: for coupled samples this is the usual practical
+convention (per-sample gradients of the batch loss), recorded in the result as not exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from curvlab.collector import Collector, ModelLayers
+from curvlab.engine.statistics import BatchStatistics
+from curvlab.errors import UnsupportedModuleError
+from curvlab.estimators.config import EstimatorConfig
+from curvlab.estimators.gradients import layer_gradients
+from curvlab.estimators.sources import column_seeds, row_seeds
+from curvlab.estimators.statistics import (
+    _columns,
+    add_block,
+    add_diag,
+    add_ekfac,
+    add_input_factor,
+    add_output_factor,
+    add_rows,
+)
+from curvlab.estimators.tasks import Task
+from curvlab.losses import LossAdapter
+
+__all__ = ["RunState", "batch_statistics", "settle"]
+
+_EXACT = ("block", "diag", "diagblock", "rows")
+
+
+@dataclass
+class RunState:
+    """What the first batch decides for all (coupling, layers demoted to the exact route)."""
+
+    layers: ModelLayers
+    coupled: bool | None = None
+    coupled_by: str = ""
+    demoted: dict[str, str] = field(default_factory=dict)
+
+
+def _batch_coupled(model) -> list[str]:
+    from torch import nn  # noqa: PLC0415
+
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)]
+
+
+def settle(col: Collector, state: RunState, outputs: torch.Tensor) -> None:
+    """First batch: demote adapted layers not called or used outside their call; detect coupling."""
+    if state.coupled is not None:
+        missing = [lp.name for lp in state.layers.adapted() if lp.name not in col.calls]
+        if missing:
+            raise UnsupportedModuleError(
+                f"layer {missing[0]!r} was called in the first batch but not in this one: data-dependent control "
+                "flow over parameterised layers is not supported"
+            )
+        return
+    for lp in state.layers.adapted():
+        reason = None
+        if lp.name not in col.calls:
+            reason = f"{type(lp.module).__qualname__} whose forward is not called (its weights are used functionally)"
+        elif lp.name in col.used_outside:
+            reason = f"its parameters are also used outside its call (by {col.used_outside[lp.name]})"
+        elif any(x.shape[0] != outputs.shape[0] for x in col.calls[lp.name].inputs):
+            shape = next(tuple(x.shape) for x in col.calls[lp.name].inputs if x.shape[0] != outputs.shape[0])
+            reason = f"a call without the batch dimension (normal-form input {shape}, batch {outputs.shape[0]})"
+        if reason is not None:
+            state.demoted[lp.name] = reason
+            state.layers = state.layers.demote(lp.name, reason)
+    coupled = _batch_coupled(col.model)
+    if coupled:
+        state.coupled, state.coupled_by = True, f"module {coupled[0]!r} (BatchNorm with batch statistics)"
+        return
+    adapted = [lp.name for lp in state.layers.adapted()]
+    state.coupled = False
+    if outputs.shape[0] > 1 and adapted:
+        gen = torch.Generator(device=outputs.device).manual_seed(0)
+        probe = torch.zeros_like(outputs)
+        probe[0] = torch.randn(outputs.shape[1:], dtype=outputs.dtype, generator=gen, device=outputs.device)
+        G = col.columns(outputs, probe.unsqueeze(1), adapted)
+        for name, g in G.items():
+            if bool(g[1:].abs().amax() > 0):
+                state.coupled, state.coupled_by = True, f"the model's forward (sample 0 reaches other samples at {name!r})"
+                return
+
+
+def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, targets: torch.Tensor,
+                     loss: LossAdapter, tasks: Sequence[Task], config: EstimatorConfig,
+                     basis: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> BatchStatistics:
+    """Unscaled statistics of one recorded batch for ``tasks`` (see the module docstring; :func:`settle` first)."""
+    stats = BatchStatistics(loss.normalizer(outputs), outputs.shape[0])
+    plans = {lp.name: lp for lp in state.layers.layers}
+    by_source: dict = {}
+    for task in tasks:
+        by_source.setdefault(task.source, []).append(task)
+    for source, group in by_source.items():
+        reduce_rank = all(t.kind != "rows" for t in group)
+        V = column_seeds(source, loss, outputs, targets, config.mc_samples, config.generator, reduce_rank)
+        adapted = {t.layer for t in group if plans[t.layer].adapter is not None}
+        as_rows = {t.layer for t in group if t.layer in adapted and state.coupled and t.kind in _EXACT}
+        as_cols = sorted({t.layer for t in group if t.layer in adapted and t.layer not in as_rows
+                          or t.layer in adapted and t.kind in ("kron", "ekfac")})
+        generic = sorted({t.layer for t in group if t.layer not in adapted})
+        G = col.columns(outputs, V, as_cols) if as_cols else {}
+        gammas: dict[str, torch.Tensor] = {}
+        if as_rows or generic:
+            params = [p for layer in generic for _, p in state.layers.parameters_of(layer)]
+            Gr, grads = col.rows(outputs, row_seeds(V), sorted(as_rows), params)
+            i = 0
+            for layer in generic:
+                count = len(state.layers.parameters_of(layer))
+                gammas[layer] = torch.cat([g.flatten(1) for g in grads[i:i + count]], 1)
+                i += count
+            for layer, g in Gr.items():
+                gammas[layer] = layer_gradients(plans[layer], col.calls[layer].X, g, rows=True)
+        for task in group:
+            _run_task(task, plans[task.layer], col, G, gammas, stats, config, basis)
+    return stats
+
+
+def _run_task(task: Task, lp, col: Collector, G, gammas, stats: BatchStatistics, config, basis) -> None:
+    key_name, layer = task.quantity, task.layer
+    if task.kind in ("kron", "ekfac"):
+        X, g = col.calls[layer].X, G[layer]
+        if task.kind == "kron":
+            add_input_factor(stats, lp, X, config.weight_sharing)
+            add_output_factor(stats, (key_name, layer, "G"), g, config.weight_sharing)
+        else:
+            if basis is None or layer not in basis:
+                raise ValueError(f"ekfac needs the KFLR eigenbasis of layer {layer!r} (a first pass)")
+            add_ekfac(stats, (key_name, layer, "scaling"), lp, X, g, *basis[layer])
+        return
+    gamma = gammas.get(layer)
+    X = col.calls[layer].X if layer in col.calls and lp.adapter is not None else None
+    g = G.get(layer)
+    if task.kind == "block":
+        if gamma is None:
+            gamma = gammas[layer] = _columns(lp, X, g, key_name)
+        add_block(stats, (key_name, layer, "block"), gamma)
+    elif task.kind in ("diag", "diagblock"):
+        add_diag(stats, (key_name, layer, "diag"), lp, X, g, gamma)
+    else:
+        add_rows(stats, key_name, lp, X, g, gamma)

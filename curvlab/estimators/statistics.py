@@ -1,0 +1,102 @@
+"""The per-layer statistics each estimator adds from a layer's normal form or its per-row gradients.
+
+Everything is unscaled (no 1/Z), in the keys of :class:`curvlab.engine.statistics.BatchStatistics`
+(combined across batches by :class:`curvlab.engine.accumulate.Accumulator`):
+
+* ``block``  sums[(q, layer, "block")] = Σ_r γ_r γ_rᵀ           (γ_r the per-row gradient, [P_l])
+* ``diag``   sums[(q, layer, "diag")]  = Σ_r γ_r²
+* ``rows``   the layer's columns of the full square-root factor: rows[(q, layer, "S")] and
+  stacked[(q, layer, "X")] when γ_nk = s_nk x̃_nᵀ is one outer product, else rows[(q, layer, "F")]
+* ``kron``   inputs[layer] = A (see :mod:`curvlab.estimators.config` for expand/reduce),
+  sums[(q, layer, "G")] = G
+* ``ekfac``  sums[(q, layer, "scaling")] = Σ_nk (U_Gᵀ Γ̃_nk U_A)² in the eigenbasis of the KFLR factors
+"""
+
+from __future__ import annotations
+
+import torch
+
+from curvlab.collector.layers import LayerPlan
+from curvlab.engine.statistics import BatchStatistics
+from curvlab.estimators.gradients import layer_gradients, outer_form
+from curvlab.guards import check_dense_allocation
+
+__all__ = ["add_block", "add_diag", "add_ekfac", "add_input_factor", "add_output_factor", "add_rows",
+           "augmented"]
+
+
+def _columns(plan: LayerPlan, X: torch.Tensor, G: torch.Tensor, what: str) -> torch.Tensor:
+    num, cols = G.shape[:2]
+    size = sum(getattr(plan.module, n).numel() for n in plan.names)
+    check_dense_allocation((num * cols, size), G.dtype, f"{what} per-sample gradients of layer {plan.name!r}")
+    return layer_gradients(plan, X, G).reshape(num * cols, size)
+
+
+def add_block(stats: BatchStatistics, key: tuple, gamma: torch.Tensor) -> None:
+    """Σ_r γ_r γ_rᵀ for per-row gradients γ [R, P_l]."""
+    check_dense_allocation((gamma.shape[1],) * 2, gamma.dtype, f"{key[0]} block of layer {key[1]!r}")
+    stats.sums[key] = gamma.T @ gamma
+
+
+def add_diag(stats: BatchStatistics, key: tuple, plan: LayerPlan | None, X=None, G=None, gamma=None) -> None:
+    """Σ γ², from per-row gradients, or from X, G without them where γ_nk is an outer product."""
+    if gamma is None and outer_form(plan, X):
+        g2 = G[:, :, 0].pow(2).sum(1)  # [N, O]
+        parts = [(g2.T @ X[:, 0].pow(2)).flatten()]
+        if "bias" in plan.names:
+            parts.append(g2.sum(0))
+        stats.sums[key] = torch.cat(parts)
+        return
+    if gamma is None:
+        gamma = _columns(plan, X, G, key[0])
+    stats.sums[key] = gamma.pow(2).sum(0)
+
+
+def add_rows(stats: BatchStatistics, quantity: str, plan: LayerPlan, X=None, G=None, gamma=None) -> None:
+    """The layer's columns of the full square-root factor (outer-product form where it applies)."""
+    if gamma is None and outer_form(plan, X):
+        stats.rows[(quantity, plan.name, "S")] = G[:, :, 0].reshape(-1, G.shape[-1])
+        stats.stacked[(quantity, plan.name, "X")] = X[:, 0].clone()
+        return
+    if gamma is None:
+        gamma = _columns(plan, X, G, quantity)
+    stats.rows[(quantity, plan.name, "F")] = gamma
+
+
+def augmented(plan: LayerPlan, X: torch.Tensor) -> torch.Tensor:
+    """X̃ = [X, 1] when the layer's bias is trainable (the "augmented" bias convention)."""
+    if "bias" in plan.names:
+        return torch.cat([X, X.new_ones(*X.shape[:-1], 1)], -1)
+    return X
+
+
+def add_input_factor(stats: BatchStatistics, plan: LayerPlan, X: torch.Tensor, sharing: str) -> None:
+    """A (unscaled: the accumulator divides by N): expand Σ_{n,s} x̃ x̃ᵀ / S, reduce Σ_n x̄̃ x̄̃ᵀ."""
+    if plan.name in stats.inputs:
+        return
+    Xa = augmented(plan, X)
+    if sharing == "reduce":
+        mean = Xa.mean(1)
+        stats.inputs[plan.name] = mean.T @ mean
+    else:
+        flat = Xa.reshape(-1, Xa.shape[-1])
+        stats.inputs[plan.name] = (flat.T @ flat) / Xa.shape[1]
+
+
+def add_output_factor(stats: BatchStatistics, key: tuple, G: torch.Tensor, sharing: str) -> None:
+    """G: expand Σ_{n,k,s} g gᵀ, reduce Σ_{n,k} ĝ ĝᵀ with ĝ = Σ_s g."""
+    flat = G.sum(2) if sharing == "reduce" else G
+    flat = flat.reshape(-1, G.shape[-1])
+    stats.sums[key] = flat.T @ flat
+
+
+def add_ekfac(stats: BatchStatistics, key: tuple, plan: LayerPlan, X: torch.Tensor, G: torch.Tensor,
+              basis_in: torch.Tensor, basis_out: torch.Tensor) -> None:
+    """Σ_nk (U_outᵀ Γ̃_nk U_in)² in the weight layout ([O, I(+1)]; [V, D] for transposed layers)."""
+    Xr = augmented(plan, X) @ basis_in  # [N, S, I']
+    Gr = G @ basis_out  # [N, K, S, O]
+    if X.shape[1] == 1:
+        scaling = Gr[:, :, 0].pow(2).sum(1).T @ Xr[:, 0].pow(2)  # [O, I']
+    else:
+        scaling = torch.einsum("nkso,nsi->nkoi", Gr, Xr).pow(2).sum((0, 1))
+    stats.sums[key] = scaling.T if plan.adapter.transposed else scaling

@@ -65,12 +65,15 @@ class Measurement:
         curvature: name -> representation: the reference under its quantity name, then the approximations.
         gradient: [P] gradient the steps and the summary used.
         skipped: approximation -> reason it was left out.
+        exact: the reference as a representation: dense, or the matrix-free operator (``block()`` of it costs
+            one product per column), whichever the comparison used.
     """
 
     quality: xr.Dataset
     curvature: dict[str, Any]
     gradient: torch.Tensor
     skipped: dict[str, str] = field(default_factory=dict)
+    exact: Any = None
 
     def curvature_tree(self) -> xr.DataTree:
         """Every representation's ``to_xarray()`` as a child of one ``DataTree`` (for one netCDF file)."""
@@ -271,7 +274,8 @@ def measure(
     if eigenvalues:
         ds.update(_spectra(exact, approx, reference, k, seed))
     ds["gradient_norm"] = xr.DataArray(float(gradient.norm()), attrs={"long_name": "gradient norm", "units": "1"})
-    return Measurement(ds, curvature, gradient, skipped)
+    exact_rep = curvature[reference] if chosen == "dense" else exact
+    return Measurement(ds, curvature, gradient, skipped, exact_rep)
 
 
 def _spectra(exact, approx: Mapping[str, Any], reference: str, k: int, seed: int) -> dict[str, xr.DataArray]:

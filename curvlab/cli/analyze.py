@@ -3,17 +3,23 @@
 At each measurement step it computes the exact reference (default: the GGN) on ``--samples`` training
 samples, the chosen approximations and the GroupedNewton summary along the gradient, and compares them
 (relative Frobenius / spectral errors, cosine, top-k eigenspace overlap, damped Newton step quality,
-interaction strength between layers). It writes to ``--out``:
+interaction strength between layers). Up to ``--dense-limit`` parameters the reference is a dense [P, P]
+matrix and the metrics are exact; above it they come from products only (matrix-free, with error bars).
+It writes to ``--out``:
 
 * ``quality.nc``   – the comparison along ``step`` (saved after every measurement, so an interrupted run keeps it);
-* ``curvature.nc`` – the reference and the approximations at the last measurement (one group each);
-* ``*.png``        – block norms, interactions, H̄/H̄⁻¹ at the first and last measurement, an exact block beside
-  its approximations, the spectrum, metrics across training and across damping;
-* ``summary.md``   – which approximation is best and how strongly the layers interact; ``config.json``.
+* ``curvature.nc`` – the approximations at the last measurement (``--save-curvature``; float32, compressed);
+* figures          – block norms, interactions, H̄/H̄⁻¹ at the first and last measurement, an exact block beside
+  its approximations, the spectra, metrics across training and across damping, the training curves
+  (``--format png,svg,pdf``);
+* ``summary.md``   – which approximation is best, the metric definitions, how strongly the layers interact;
+  ``config.json``.
 
 Example:
     curvlab analyze --out curvlab-analysis          # digits, MLP 64-16-16-10, 300 SGD steps, 3 measurements
     curvlab analyze --smoke --out /tmp/smoke        # seconds: tiny model and data (CI)
+    curvlab analyze --model lenet --out lenet       # P = 21,386 > --dense-limit: matrix-free metrics
+    curvlab analyze --model mypkg.models:build --data mypkg.data:load --out mine
     curvlab show curvlab-analysis/quality.nc
 """
 
@@ -31,10 +37,12 @@ from tqdm.auto import tqdm
 import curvlab
 from curvlab.cli.common import (
     DTYPES,
+    HelpFormatter,
     add_data_options,
     add_output_options,
     build_setup,
     non_negative_int,
+    plain,
     positive_int,
     prepare_output,
     train_sgd,
@@ -61,35 +69,57 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
+def _formats(text: str) -> tuple[str, ...]:
+    values = tuple(_names(text.lower()))
+    bad = [v for v in values if v not in ("png", "svg", "pdf")]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of png,svg,pdf, got {text!r}")
+    return values
+
+
 def add_parser(sub) -> None:
     """Register ``curvlab analyze`` on the sub-parsers."""
     parser = sub.add_parser("analyze", help="approximation quality and layer interactions across training",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            description=plain(__doc__), formatter_class=HelpFormatter)
     add_data_options(parser, hidden="16,16")
     add_output_options(parser, "curvlab-analysis")
     group = parser.add_argument_group("measurement")
-    group.add_argument("--steps", type=non_negative_int, default=300, help="SGD steps (default 300)")
+    group.add_argument("--steps", type=non_negative_int, default=300, help="SGD steps")
     group.add_argument("--measure-every", type=positive_int, default=None,
-                       help="measure every this many steps (default: steps/2, i.e. start, middle, end)")
+                       help="measure every this many steps (None: steps/2, i.e. start, middle, end)")
     group.add_argument("--samples", type=positive_int, default=256, help="training samples the curvature uses")
     group.add_argument("--reference", choices=curvlab.analysis.REFERENCES, default="ggn",
                        help="exact matrix the approximations are compared with")
     group.add_argument("--quantities", default=",".join(DEFAULT_QUANTITIES),
                        help=f"approximations, comma-separated from {','.join(curvlab.analysis.APPROXIMATIONS)}")
-    group.add_argument("--partition", default="layer", help="blocks: canonical, layer, trivial, blocks-k")
+    group.add_argument("--partition", default="layer",
+                       help="blocks of the per-block metrics: canonical, layer, trivial, blocks-k or entries")
     group.add_argument("--summary-partition", default="canonical", help="groups of the GroupedNewton summary")
-    group.add_argument("--dampings", type=_floats, default=curvlab.analysis.DEFAULT_DAMPINGS,
-                       help="dampings of the step metrics, e.g. 1e-3,1e-2,1e-1")
+    group.add_argument("--dampings", type=_floats, default=",".join(f"{d:g}" for d in curvlab.analysis.DEFAULT_DAMPINGS),
+                       help="dampings of the step metrics, comma-separated")
     group.add_argument("--top-k", type=positive_int, default=10, help="size of the compared top eigenspace")
     group.add_argument("--mc-samples", type=positive_int, default=1, help="MC samples of kfac / *_mc")
     group.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     group.add_argument("--state-dict", type=Path, default=None, help="start from these weights (torch.save'd)")
-    group.add_argument("--max-params", type=positive_int, default=6000,
-                       help="refuse models with more parameters: the exact reference is a dense [P, P] matrix "
-                            "and its eigendecomposition costs O(P³) (default 6000)")
+    group.add_argument("--method", choices=("auto", "dense", "matrix-free"), default="auto",
+                       help="dense: exact metrics from the [P, P] reference (cost O(P³)); matrix-free: products "
+                            "only, with error bars; auto: dense up to --dense-limit parameters")
+    group.add_argument("--dense-limit", type=positive_int, default=curvlab.analysis.DENSE_LIMIT,
+                       help="largest P compared densely by --method auto")
+    group.add_argument("--probes", type=positive_int, default=30,
+                       help="Rademacher probes per block of the matrix-free metrics (standard errors ~ 1/√probes)")
+    group.add_argument("--max-params", type=positive_int, default=10_000_000,
+                       help="refuse models with more parameters (a safety net; matrix-free costs grow about "
+                            "linearly in P)")
     group.add_argument("--threads", type=positive_int, default=1,
-                       help="torch threads (default 1: the matrices are small, and threads contend on busy machines)")
+                       help="torch threads (1: the matrices are small, and threads contend on busy machines)")
+    group.add_argument("--format", type=_formats, default="png", help="figure formats, comma-separated: png,svg,pdf")
+    group.add_argument("--save-curvature", choices=("approximations", "all", "none"), default="approximations",
+                       help="what curvature.nc holds: the approximations (compact), also the dense reference "
+                            "(P² values), or nothing")
+    group.add_argument("--storage", choices=("float32", "float64"), default="float32",
+                       help="precision of curvature.nc (compressed either way)")
     group.add_argument("--smoke", action="store_true",
                        help="tiny and fast (CI): 200 samples, hidden 6, 4 steps, 32 measurement samples "
                             "(options given explicitly are kept)")
@@ -134,43 +164,69 @@ def _load_state(model: torch.nn.Module, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``curvlab analyze``; returns the exit code."""
+    import sys
+
+    from curvlab.cli.analysis_outputs import group_labels, write_curvature, write_figures, write_summary
+
     start = time.perf_counter()
     quantities = _validate(args)
     torch.set_num_threads(args.threads)
+    args.progress = args.progress and sys.stderr.isatty()  # no escape codes in logs and pipes
     data, model, loss_fn = build_setup(args)
     if args.state_dict is not None:
         _load_state(model, args.state_dict)
     size = curvlab.Partition.from_model(model, args.partition).num_params  # bad partitions fail here, early
+    where = f"{args.model} on {args.data or args.dataset}"
     if size > args.max_params:
-        raise ValueError(f"{args.model} on {args.dataset} has P={size} parameters, more than --max-params "
-                         f"{args.max_params}: the exact dense reference would be [{size}, {size}]. Use a smaller "
-                         "model (e.g. --model mlp --hidden 16,16) or raise --max-params (cost grows as P³)")
+        raise ValueError(f"{where} has P={size:,} parameters, more than --max-params {args.max_params:,}; "
+                         f"raise --max-params to at least {size} (the matrix-free metrics cost about "
+                         f"{args.probes} products per block plus Lanczos and CG)")
+    method = curvlab.analysis.choose_method(size, args.method, args.dense_limit)
+    if method == "dense" and size > args.dense_limit:
+        raise ValueError(f"{where} has P={size:,} parameters, more than --dense-limit {args.dense_limit:,}: the "
+                         f"dense reference would be [{size}, {size}] and cost O(P³). Use --method auto (the "
+                         "default: matrix-free above the limit) or raise --dense-limit")
     curvlab.Partition.from_model(model, args.summary_partition)
     out = prepare_output(args.out, args.overwrite)
     config = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
               for k, v in vars(args).items() if k != "run"}
     attrs = curvlab.provenance.provenance(model=model, loss_fn=loss_fn, batch_size=args.samples,
-                                          dtype=DTYPES[args.dtype], config=config, dataset=args.dataset)
+                                          dtype=DTYPES[args.dtype], config=config, dataset=args.data or args.dataset)
+    labels = group_labels(curvlab.Partition.from_model(model, args.partition), model)
+    attrs["group_labels"] = json.dumps(labels)
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     inputs, targets = data.train[0][: args.samples], data.train[1][: args.samples]
     every = args.measure_every or max(args.steps // 2, 1)
     when = sorted({*range(0, args.steps + 1, every), args.steps})
     state: dict = {"measurements": []}
+    classification = data.task == "classification"
+
+    def evaluate(x, y) -> dict[str, float]:
+        with torch.no_grad():
+            outputs = model(x)
+            values = {"loss": float(loss_fn(outputs, y))}
+            if classification:
+                values["accuracy"] = float((outputs.argmax(-1) == y).to(torch.float64).mean())
+        return values
 
     def measure_now() -> object:
+        tic = time.perf_counter()
         result = curvlab.analysis.measure(
             model, loss_fn, (inputs, targets), reference=args.reference, approximations=quantities,
             partition=args.partition, summary_partition=args.summary_partition, dampings=args.dampings,
-            k=args.top_k, mc_samples=args.mc_samples, seed=args.seed, attrs=attrs)
+            k=args.top_k, mc_samples=args.mc_samples, seed=args.seed, attrs=attrs, method=method,
+            dense_limit=args.dense_limit, num_probes=args.probes, progress=args.progress)
         state["measurements"].append(result)
-        with torch.no_grad():
-            test_loss = float(loss_fn(model(data.test[0]), data.test[1]))
         quality = result.quality
-        quality["test_loss"] = test_loss
-        quality["train_loss"] = float(loss_fn(model(inputs), targets).detach())
+        for split, (x, y) in (("train", (inputs, targets)), ("test", data.test)):
+            for key, value in evaluate(x, y).items():
+                quality[f"{split}_{key}"] = value
+        if not args.progress:
+            print(f"measured step {when[len(state['measurements']) - 1]} ({len(state['measurements'])}/{len(when)}, "
+                  f"{method}, P={size:,}) in {time.perf_counter() - tic:.1f} s", flush=True)
         return quality
 
-    bar = tqdm(total=len(when), desc="measuring", disable=not args.progress, position=1)
+    bar = tqdm(total=len(when), desc="measurements", disable=not args.progress, position=1, dynamic_ncols=True)
     tracker = curvlab.analysis.Tracker({"quality": measure_now}, path=out / "quality.nc", attrs=attrs,
                                      overwrite=args.overwrite)
 
@@ -184,58 +240,11 @@ def run(args: argparse.Namespace) -> int:
                   momentum=args.momentum, seed=args.seed, progress=args.progress, callback=callback)
     bar.close()
     last = state["measurements"][-1]
-    tree = last.curvature_tree()
-    tree.attrs.update(attrs, step=int(when[-1]))
-    curvlab.analysis.netcdf.write(tree, out / "curvature.nc")
-    figures = _figures(out, tracker.dataset, state["measurements"], when, args)
-    _write_summary(out, tracker.dataset, figures, time.perf_counter() - start, args)
-    print(f"wrote {out}/quality.nc, curvature.nc, summary.md and {len(figures)} figures "
-          f"in {time.perf_counter() - start:.0f} s")
+    files = ["quality.nc"]
+    curvature = write_curvature(out, last, attrs, when[-1], args)
+    files += [curvature] if curvature else []
+    figures = write_figures(out, tracker.dataset, state["measurements"], when, args, labels)
+    write_summary(out, tracker.dataset, files[1:] + figures, time.perf_counter() - start, args, size)
+    print(f"wrote {out}/: {', '.join(files)}, summary.md and {len(figures)} figures "
+          f"({method} metrics, P={size:,}) in {time.perf_counter() - start:.0f} s")
     return 0
-
-
-def _figures(out: Path, ds, measurements, when, args) -> list[str]:
-    plots = curvlab.analysis.plots
-    first, last = measurements[0], measurements[-1]
-    exact = last.curvature[args.reference]
-    part = exact.partition
-    figures = {
-        "block_norms.png": plots.plot_block_norms(exact, part, title=f"{args.reference}: log₁₀ block norms "
-                                                  f"(step {when[-1]})"),
-        "interactions.png": plots.plot_block_norms(exact, part, interaction=True,
-                                                   title=f"{args.reference}: interaction strength (step {when[-1]})"),
-        "spectrum.png": plots.plot_spectrum({f"{args.reference}, step {w}": m.quality.eigenvalues
-                                             for w, m in zip(when, measurements, strict=True)}),
-    }
-    approx = {n: r for n, r in last.curvature.items() if n != args.reference}
-    if approx:
-        figures["block_comparison.png"] = plots.plot_block_comparison(exact, approx, part, part.group_names[-1],
-                                                                      max_entries=60)
-        if "step_quality" in ds:
-            figures["damping.png"] = plots.plot_damping_curves(ds)
-    if "summary_hbar" in last.quality:
-        for tag, m, w in (("init", first, when[0]), ("final", last, when[-1])):
-            figures[f"summary_{tag}.png"] = plots.plot_summary(
-                m.quality.summary_hbar, title=f"GroupedNewton summary of the {args.reference}, step {w}")
-    if len(when) > 1 and (approx or "summary_hbar" in last.quality):
-        figures["quality_curves.png"] = plots.plot_metric_curves(
-            ds, ["rel_frobenius_error", "eigenspace_overlap", "step_cosine"])
-    for name, fig in figures.items():
-        plots.save_figure(fig, out / name)
-    return list(figures)
-
-
-def _write_summary(out: Path, ds, figures: list[str], seconds: float, args) -> None:
-    lines = [
-        "# curvlab analyze", "",
-        f"{args.model} on {args.dataset} (hidden {','.join(map(str, args.hidden))}, {args.activation}), "
-        f"{args.steps} SGD steps (lr {args.lr}, momentum {args.momentum}, batch {args.batch_size}), "
-        f"measured at steps {', '.join(str(int(s)) for s in ds.step.values)} on {args.samples} training "
-        f"samples against the exact {args.reference}; partition {args.partition}; {seconds:.0f} s.", "",
-        curvlab.analysis.summarize(ds),
-        "## Files", "",
-        "- `quality.nc`: metrics along step (`curvlab show quality.nc`)",
-        "- `curvature.nc`: reference and approximations at the last step",
-        *[f"- `{name}`" for name in figures],
-    ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -80,5 +80,5 @@ def test_curves():
 
 
 def test_bad_suffix(tmp_path):
-    with pytest.raises(ValueError, match="png or .pdf"):
+    with pytest.raises(ValueError, match="png, .svg or .pdf"):
         plots.save_figure(Figure(), tmp_path / "x.jpg")

@@ -9,14 +9,15 @@ import curvlab
 from curvlab.analysis import netcdf
 from curvlab.cli.main import main
 
-FIGURES = ("block_norms.png", "interactions.png", "spectrum.png", "block_comparison.png", "damping.png",
-           "summary_init.png", "summary_final.png", "quality_curves.png")
+FIGURES = ("block_norms.png", "interactions.png", "spectra.png", "block_comparison.png", "damping.png",
+           "summary_init.png", "summary_final.png", "quality_curves.png", "training.png")
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("analyze") / "run"
-    assert main(["analyze", "--smoke", "--no-progress", "--out", str(out)]) == 0
+    assert main(["analyze", "--smoke", "--no-progress", "--out", str(out), "--save-curvature", "all",
+                 "--storage", "float64"]) == 0
     return out
 
 
@@ -61,7 +62,8 @@ def test_no_overwrite_without_flag(smoke_run, capsys):
         (["--model", "resnet"], "--model"),
         (["--state-dict", "/nonexistent.pt"], "not found"),
         (["--lr", "0"], "--lr"),
-        (["--model", "lenet"], "--max-params"),
+        (["--model", "lenet", "--method", "dense"], "--dense-limit"),
+        (["--model", "lenet", "--max-params", "6000"], "raise --max-params"),
     ],
 )
 def test_bad_options_exit_2(tmp_path, capsys, argv, culprit):

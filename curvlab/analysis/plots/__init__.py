@@ -5,12 +5,13 @@
 * :mod:`~curvlab.analysis.plots.spectra` – eigenvalue spectra and SLQ densities on log scales;
 * :mod:`~curvlab.analysis.plots.curves` – metrics across training and across damping.
 
-:func:`save_figure` writes PNG or PDF by the file suffix.
+:func:`save_figure` writes PNG, SVG or PDF by the file suffix; :mod:`~curvlab.analysis.plots.style` keeps
+one colour per method across figures and the colour-limit conventions.
 """
 
 from __future__ import annotations
 
-from curvlab.analysis.plots.curves import plot_damping_curves, plot_metric_curves
+from curvlab.analysis.plots.curves import plot_damping_curves, plot_metric_curves, plot_training
 from curvlab.analysis.plots.figures import save_figure
 from curvlab.analysis.plots.heatmaps import plot_block_comparison, plot_block_norms, plot_summary
 from curvlab.analysis.plots.spectra import plot_density, plot_spectrum
@@ -23,5 +24,6 @@ __all__ = [
     "plot_metric_curves",
     "plot_spectrum",
     "plot_summary",
+    "plot_training",
     "save_figure",
 ]

@@ -18,17 +18,44 @@ import xarray as xr
 from matplotlib.ticker import MaxNLocator
 
 from curvlab.analysis.plots.figures import new_figure
+from curvlab.analysis.plots.style import method_style
 
-__all__ = ["plot_damping_curves", "plot_metric_curves"]
-
-_MARKERS = "osD^v<>ph*X"
-_LINES = ("-", "--", ":", "-.")
+__all__ = ["plot_damping_curves", "plot_metric_curves", "plot_training"]
 
 
-def _style(i: int) -> dict:
-    """Distinct marker and line style per approximation, so that coinciding curves stay visible."""
-    return {"marker": _MARKERS[i % len(_MARKERS)], "linestyle": _LINES[i % len(_LINES)], "markersize": 4,
-            "markerfacecolor": "none", "color": f"C{i % 10}"}
+
+def _style(name) -> dict:
+    """The method's colour, marker and line style (the same in every figure), so coinciding curves stay visible."""
+    return method_style(str(name))
+
+
+def _error(ds: xr.Dataset, metric: str, block: str, damping: float | None):
+    """The error bar of a series (matrix-free datasets), or None."""
+    if "metric" in ds.dims and metric in ds.metric.values and "matrix_quality_error" in ds:
+        return ds.matrix_quality_error.sel(metric=metric, block=block)
+    if "step_quality_error" in ds and "step_metric" in ds.dims and metric in ds.step_metric.values:
+        series = ds.step_quality_error.sel(step_metric=metric, block=block)
+        return series.sel(damping=damping, method="nearest") if damping is not None else series
+    return None
+
+
+def _dodge(x, index: int, count: int, log: bool) -> np.ndarray:
+    """Shift series ``index`` of ``count`` sideways by a few per cent of the axis, so coinciding curves stay
+    visible (the legend and the data keep the true positions)."""
+    x = np.asarray(x, dtype=np.float64)
+    if count < 2 or x.size < 2:
+        return x
+    width = 0.25 if log else 0.012 * (np.nanmax(x) - np.nanmin(x))
+    offset = (index - (count - 1) / 2) * width / max(count - 1, 1)
+    return x * 10 ** offset if log else x + offset
+
+
+def _plot(ax, x, y, err, name, index: int = 0, count: int = 1, log: bool = False):
+    style = _style(name)
+    x = _dodge(x, index, count, log)
+    ax.plot(x, y, label=str(name), **style)
+    if err is not None and np.isfinite(err).any() and np.nanmax(err) > 0:
+        ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="none", ecolor=style["color"], elinewidth=0.8, capsize=2)
 
 
 _LOG_METRICS = {"rel_frobenius_error", "rel_spectral_error"}
@@ -77,10 +104,12 @@ def plot_metric_curves(ds: xr.Dataset, metrics: Sequence[str] = ("rel_frobenius_
     fig, axes = new_figure(1, len(metrics), panel_size=(4.6, 3.6))
     for ax, metric in zip(axes, metrics, strict=False):
         series = _series(ds, metric, block, damping)
-        for i, name in enumerate(series.approximation.values):
+        errors = _error(ds, metric, block, damping)
+        drawn = [n for n in series.approximation.values if bool(series.sel(approximation=n).notnull().any())]
+        for i, name in enumerate(drawn):
             line = series.sel(approximation=name)
-            if bool(line.notnull().any()):
-                ax.plot(line.step.values, line.values, label=str(name), **_style(i))
+            err = None if errors is None else errors.sel(approximation=name).values
+            _plot(ax, line.step.values, line.values, err, name, i, len(drawn))
         ax.set_xlabel("training step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(_LABELS.get(metric, metric))
@@ -106,16 +135,52 @@ def plot_damping_curves(ds: xr.Dataset, metrics: Sequence[str] = ("step_cosine",
     fig, axes = new_figure(1, len(metrics), panel_size=(4.6, 3.6))
     for ax, metric in zip(axes, metrics, strict=False):
         series = ds.step_quality.sel(step_metric=metric, block=block)
-        for i, name in enumerate(series.approximation.values):
+        errors = _error(ds, metric, block, None)
+        drawn = [n for n in series.approximation.values if bool(series.sel(approximation=n).notnull().any())]
+        for i, name in enumerate(drawn):
             line = series.sel(approximation=name)
-            if bool(line.notnull().any()):
-                ax.plot(line.damping.values, line.values, label=str(name), **_style(i))
+            err = None if errors is None else errors.sel(approximation=name).values
+            _plot(ax, line.damping.values, line.values, err, name, i, len(drawn), log=True)
         ax.set_xscale("log")
         ax.set_xlabel("damping λ")
         ax.set_ylabel(_LABELS.get(metric, metric))
         _axis_scale(ax, metric, series.values)
         ax.set_title(f"{metric} (block {block})")
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_training(ds: xr.Dataset, *, title: str | None = None):
+    """Train and test loss (left) and accuracy (right, classification only) against the training step.
+
+    Reads the variables ``train_loss``, ``test_loss``, ``train_accuracy``, ``test_accuracy`` of a tracked
+    dataset (those present).
+    """
+    if "step" not in ds.dims:
+        raise ValueError("the dataset has no 'step' dimension; track it across training first")
+    panels = [("loss", ["train_loss", "test_loss"]), ("accuracy", ["train_accuracy", "test_accuracy"])]
+    panels = [(what, [v for v in names if v in ds]) for what, names in panels]
+    panels = [(what, names) for what, names in panels if names]
+    if not panels:
+        raise ValueError("the dataset has none of train_loss, test_loss, train_accuracy, test_accuracy")
+    fig, axes = new_figure(1, len(panels), panel_size=(4.4, 3.4))
+    for ax, (what, names) in zip(axes, panels, strict=True):
+        for name in names:
+            split = name.split("_")[0]
+            ax.plot(ds.step.values, ds[name].values, label=split, color="#0072B2" if split == "train" else "#D55E00",
+                    marker="o" if split == "train" else "s", linestyle="-" if split == "train" else "--",
+                    markerfacecolor="none", markersize=5)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(what)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if what == "loss":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8)
+        ax.set_title(f"{what} at the measurement steps")
     if title:
         fig.suptitle(title)
     return fig

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["FORMATS", "new_figure", "save_figure"]
 
-FORMATS = (".png", ".pdf")
+FORMATS = (".png", ".svg", ".pdf")
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float] = (4.2, 3.6), **kwargs):
@@ -26,17 +26,17 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:
-    """Save ``fig`` as PNG or PDF (chosen by the suffix of ``path``); returns the path.
+    """Save ``fig`` as PNG, SVG or PDF (chosen by the suffix of ``path``); returns the path.
 
     Example:
-        >>> save_figure(new_figure()[0], "figure.svg")
+        >>> save_figure(new_figure()[0], "figure.eps")
         Traceback (most recent call last):
         ...
-        ValueError: figure.svg: save figures as .png or .pdf
+        ValueError: figure.eps: save figures as .png, .svg or .pdf
     """
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise ValueError(f"{path}: save figures as .png or .pdf")
+        raise ValueError(f"{path}: save figures as .png, .svg or .pdf")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path

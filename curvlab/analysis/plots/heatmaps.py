@@ -19,6 +19,13 @@ import xarray as xr
 from curvlab.analysis.interactions import block_norms, interaction_strength, normalized_summary
 from curvlab.analysis.matrices import as_dense, block_indices, group_labels, sub_block
 from curvlab.analysis.plots.figures import new_figure
+from curvlab.analysis.plots.style import (
+    diverging_heatmap,
+    labels_from,
+    method_style,
+    robust_limit,
+    sequential_heatmap,
+)
 
 __all__ = ["plot_block_comparison", "plot_block_norms", "plot_summary"]
 
@@ -27,33 +34,50 @@ def _annotate(size: int) -> bool:
     return size <= 12
 
 
-def plot_block_norms(matrix, partition=None, *, interaction: bool = False, title: str | None = None):
-    """Heatmap of log₁₀ ‖M_ij‖_F per pair of groups (or the interaction strength with ``interaction=True``).
+def plot_block_norms(matrix, partition=None, *, interaction: bool = False, title: str | None = None,
+                     labels: Mapping[str, str] | None = None, errors: xr.DataArray | None = None):
+    """Heatmap of log₁₀ ‖M_ij‖_F per pair of groups, or of the interaction strength with ``interaction=True``.
+
+    The interaction strength is not bounded by 1 (Hessian blocks can couple more strongly than they act on
+    their own), so its colour scale runs from 0 to a robust upper percentile of the data, with clipped
+    entries marked; the block norms use the data's own range.
 
     Args:
         matrix: [P, P] tensor or representation, or an [S, S] ``DataArray`` from
-            :func:`~curvlab.analysis.block_norms` / :func:`~curvlab.analysis.interaction_strength`.
-        partition: the groups (needed unless ``matrix`` is a DataArray); labels come from its group names.
+            :func:`~curvlab.analysis.block_norms` / :func:`~curvlab.analysis.interaction_strength` (or the
+            ``interaction`` variable of a quality dataset).
+        partition: the groups (needed unless ``matrix`` is a DataArray).
+        labels: group name -> display label (default: the ``group_labels`` attribute, else the names).
+        errors: [S, S] standard errors (matrix-free estimates), noted in the title.
     """
     if isinstance(matrix, xr.DataArray):
         values = matrix
     else:
         values = interaction_strength(matrix, partition) if interaction else block_norms(matrix, partition)
     names = [str(n) for n in values.group_i.values]
-    fig, (ax,) = new_figure(panel_size=(1.2 + 0.55 * max(len(names), 4), 0.9 + 0.5 * max(len(names), 4)))
+    ticks = [labels.get(n, n) for n in names] if labels else labels_from(values, names)
+    n = max(len(names), 4)
+    fig, (ax,) = new_figure(panel_size=(3.2 + 0.55 * n, 2.2 + 0.5 * n))
     if interaction:
-        data, label, kwargs = values.values, "interaction strength", {"vmin": 0.0, "vmax": 1.0, "cmap": "viridis"}
+        sequential_heatmap(ax, values.values, label="interaction strength",
+                           xticklabels=ticks, yticklabels=ticks)
     else:
         with np.errstate(divide="ignore"):
             data = np.log10(values.values)
-        label, kwargs = "log₁₀ ‖block‖_F", {"cmap": "magma"}
-    sns.heatmap(data, ax=ax, xticklabels=names, yticklabels=names, square=True, annot=_annotate(len(names)),
-                fmt=".2f", cbar_kws={"label": label}, **kwargs)
+        sequential_heatmap(ax, data, label="log₁₀ ‖M_ij‖_F", cmap="magma", low=None, percentile=100,
+                           xticklabels=ticks, yticklabels=ticks)
     ax.set_xlabel("column group")
     ax.set_ylabel("row group")
-    ax.set_title(title or ("interaction strength between groups" if interaction else "block norms"))
+    note = ""
+    if errors is not None and np.isfinite(errors.values).any():
+        note = f"\n(matrix-free estimate, standard error ≤ {float(np.nanmax(errors.values)):.2g})"
+    formula = "\n‖M_ij‖_F / √(‖M_ii‖_F ‖M_jj‖_F)" if interaction else ""
+    ax.set_title((title or ("interaction strength between groups" if interaction else "block norms")) + formula
+                 + note, fontsize=10)
     ax.tick_params(axis="x", labelrotation=45)
     ax.tick_params(axis="y", labelrotation=0)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
     return fig
 
 
@@ -65,16 +89,20 @@ def _role_split(names: Sequence[str]) -> tuple[list[int], list[int]] | None:
     return None
 
 
-def plot_summary(hbar, names: Sequence[str] | None = None, *, title: str | None = None, split_roles: bool = True):
+def plot_summary(hbar, names: Sequence[str] | None = None, *, title: str | None = None, split_roles: bool = True,
+                 labels: Mapping[str, str] | None = None):
     """GroupedNewton's Figure 1: normalised H̄ (top) and H̄⁻¹ (bottom), H̄_ij/√(|H̄_ii||H̄_jj|) in [−1, 1].
 
     With ``split_roles`` and groups named ``<layer>.weight``/``<layer>.bias`` (canonical partition), each row
     shows the weight–weight, bias–bias and weight–bias sub-matrices, labelled by layer; otherwise the full
-    [S, S] matrices. Entries beyond ±1 (possible in H̄⁻¹ or for an indefinite H̄) are clipped in colour only.
+    [S, S] matrices. Each matrix is drawn centred at 0 with symmetric limits from a robust percentile of its
+    entries (normalised H̄⁻¹ entries exceed 1 in magnitude, and so do those of an indefinite H̄); clipped
+    entries are marked × and the colour bar says so.
 
     Args:
         hbar: [S, S] tensor or the ``summary_hbar`` DataArray of a quality dataset.
         names: group names (taken from the DataArray if omitted).
+        labels: layer (or group) name -> display label, e.g. ``{"1": "1 Linear (16×64 + 16)"}``.
     """
     if isinstance(hbar, xr.DataArray):
         names = [str(n) for n in hbar[hbar.dims[0]].values] if names is None else names
@@ -93,11 +121,15 @@ def plot_summary(hbar, names: Sequence[str] | None = None, *, title: str | None 
     for row, (what, matrix) in enumerate(mats.items()):
         for col, (label, rows, cols) in enumerate(panels):
             ax = axes[row * len(panels) + col]
-            strip = (lambda n: n.rsplit(".", 1)[0]) if split is not None else (lambda n: n)
-            sns.heatmap(matrix[np.ix_(rows, cols)], ax=ax, vmin=-1.0, vmax=1.0, cmap="RdBu_r", center=0.0,
-                        square=True, annot=_annotate(size), fmt=".2f", annot_kws={"fontsize": 7},
-                        xticklabels=[strip(names[j]) for j in cols], yticklabels=[strip(names[i]) for i in rows],
-                        cbar_kws={"label": f"normalised {what}"})
+            def strip(n, split=split):
+                layer = n.rsplit(".", 1)[0] if split is not None else n
+                return (labels or {}).get(layer, layer)
+
+            offdiag = matrix[~np.eye(len(names), dtype=bool)]
+            diverging_heatmap(ax, matrix[np.ix_(rows, cols)], label=f"normalised {what}",
+                              limit=max(robust_limit(offdiag, 98.0), 1.0),
+                              xticklabels=[strip(names[j]) for j in cols],
+                              yticklabels=[strip(names[i]) for i in rows])
             ax.set_title(f"{what} {label}".strip())
             ax.set_xlabel("layer" if split is not None else "group")
             ax.set_ylabel("layer" if split is not None else "group")
@@ -108,36 +140,98 @@ def plot_summary(hbar, names: Sequence[str] | None = None, *, title: str | None 
     return fig
 
 
+def _layout(partition, group: int, max_entries: int):
+    """Entries of a group to show (positions within the group), unit/parameter boundaries and tick labels.
+
+    A parameter of shape [O, ...] is a sequence of O output units of prod(...) entries each (row-major);
+    when the group is too large, the first u units of every parameter are kept (u as large as fits).
+    """
+    params = partition.groups[group].params if hasattr(partition, "groups") else ()
+    size = int(block_indices(partition, partition.num_params)[group].numel()) if params else None
+    if not params or sum(p.numel for p in params) != size:
+        n = min(size or max_entries, max_entries)
+        return list(range(n)), [], [], []
+    units = max(p.shape[0] if len(p.shape) else 1 for p in params)
+    per_unit = sum((p.numel // (p.shape[0] if len(p.shape) else 1)) for p in params)
+    keep = max(1, min(units, max_entries // max(per_unit, 1)))
+    positions, unit_lines, param_lines, ticks = [], [], [], []
+    start = 0
+    for p in params:
+        n_units = p.shape[0] if len(p.shape) else 1
+        width = p.numel // n_units
+        if positions:
+            param_lines.append(len(positions))
+        for u in range(min(n_units, keep)):
+            if u and width > 1:
+                unit_lines.append(len(positions))
+            if width > 1 or u == 0:
+                ticks.append((len(positions) + (width if width > 1 else min(n_units, keep)) / 2,
+                              f"{p.role} u{u}" if width > 1 else f"{p.role} ({min(n_units, keep)})"))
+            positions.extend(range(start + u * width, start + (u + 1) * width))
+        start += p.numel
+    return positions, unit_lines, param_lines, ticks
+
+
 def plot_block_comparison(exact, approximations: Mapping[str, object], partition, group_i: str | int,
-                          group_j: str | int | None = None, *, max_entries: int = 120, title: str | None = None):
+                          group_j: str | int | None = None, *, max_entries: int = 200, title: str | None = None,
+                          labels: Mapping[str, str] | None = None):
     """The exact block (group_i, group_j) beside the same block of each approximation, on one colour scale.
 
-    Blocks larger than ``max_entries`` show their leading ``max_entries × max_entries`` corner.
-    The colour scale is symmetric, ±max|exact block|.
+    Rows and columns are the group's entries in the reference ordering: each weight row (one output unit)
+    in turn, then the biases. Thin lines separate output units, thick lines weights from biases; when the
+    block is larger than ``max_entries``, the first output units of each parameter are shown. The colour
+    scale is symmetric about 0 with limits from the 99.9th percentile of |exact block|; clipped entries are
+    marked × and counted on the colour bar. Blocks are read with ``block()``, so an exact matrix-free
+    operator costs one product per column.
     """
     group_j = group_i if group_j is None else group_j
-    e = as_dense(exact, "exact")
-    blocks, names = block_indices(partition, e.shape[0]), group_labels(partition)
+    names = group_labels(partition)
     index = {n: i for i, n in enumerate(names)}
     pick = [b if isinstance(b, int) else index.get(b) for b in (group_i, group_j)]
     if None in pick:
         raise KeyError(f"no group {group_i!r} or {group_j!r}; groups are {', '.join(names)}")
-    rows, cols = blocks[pick[0]][:max_entries], blocks[pick[1]][:max_entries]
-    shown = {"exact": sub_block(e, rows, cols)}
-    shown.update({n: sub_block(as_dense(a, n), rows, cols) for n, a in approximations.items()})
-    vmax = float(shown["exact"].abs().max()) or 1.0
+    rows_at, r_units, r_params, r_ticks = _layout(partition, pick[0], max_entries)
+    cols_at, c_units, c_params, c_ticks = _layout(partition, pick[1], max_entries)
+
+    def block_of(matrix, what):
+        if hasattr(matrix, "block") and not isinstance(matrix, torch.Tensor):
+            full = matrix.block(names[pick[0]], names[pick[1]]).detach().to(torch.float64).cpu()
+        else:
+            blocks = block_indices(partition, as_dense(matrix, what).shape[0])
+            full = sub_block(as_dense(matrix, what), blocks[pick[0]], blocks[pick[1]])
+        return full[rows_at][:, cols_at].numpy()
+
+    shown = {"exact": block_of(exact, "exact")}
+    shown.update({n: block_of(a, n) for n, a in approximations.items()})
+    limit = robust_limit(shown["exact"], 99.9)
     ncols = min(len(shown), 4)
     nrows = -(-len(shown) // ncols)
-    fig, axes = new_figure(nrows, ncols, panel_size=(3.6, 3.2))
+    fig, axes = new_figure(nrows, ncols, panel_size=(3.9, 3.5))
     for ax, (name, block) in zip(axes, shown.items(), strict=False):
-        sns.heatmap(block.numpy(), ax=ax, vmin=-vmax, vmax=vmax, cmap="RdBu_r", center=0.0, square=True,
-                    xticklabels=False, yticklabels=False, cbar=ax is axes[ncols - 1])
-        ax.set_title(name)
-        ax.set_xlabel(f"entries of group {names[pick[1]]}")
-        ax.set_ylabel(f"entries of group {names[pick[0]]}")
+        diverging_heatmap(ax, block, label="block entry", limit=limit, xticklabels=False, yticklabels=False,
+                          annot=False, cbar=ax is axes[min(ncols, len(shown)) - 1])
+        for pos in r_units:
+            ax.axhline(pos, color="0.6", linewidth=0.3)
+        for pos in c_units:
+            ax.axvline(pos, color="0.6", linewidth=0.3)
+        for pos in r_params:
+            ax.axhline(pos, color="black", linewidth=1.2)
+        for pos in c_params:
+            ax.axvline(pos, color="black", linewidth=1.2)
+        if r_ticks and len(r_ticks) <= 24:
+            ax.set_yticks([t for t, _ in r_ticks], [lab for _, lab in r_ticks], fontsize=5)
+        if c_ticks and len(c_ticks) <= 24:
+            ax.set_xticks([t for t, _ in c_ticks], [lab for _, lab in c_ticks], fontsize=5, rotation=90)
+        ax.set_title(name, color=method_style(name)["color"] if name != "exact" else "black")
+        ax.set_xlabel(f"entries of group {names[pick[1]]}", fontsize=8)
+        ax.set_ylabel(f"entries of group {names[pick[0]]}", fontsize=8)
     for ax in axes[len(shown):]:
         ax.set_axis_off()
-    cropped = len(blocks[pick[0]]) > max_entries or len(blocks[pick[1]]) > max_entries
-    fig.suptitle(title or f"block ({names[pick[0]]}, {names[pick[1]]})"
-                 + (f", leading {max_entries}×{max_entries} corner" if cropped else ""))
+    label = labels or {}
+    cropped = len(rows_at) < int(block_indices(partition, partition.num_params)[pick[0]].numel())
+    which = label.get(names[pick[0]], names[pick[0]])
+    if pick[1] != pick[0]:
+        which = f"({which}, {label.get(names[pick[1]], names[pick[1]])})"
+    fig.suptitle(title or f"exact block {which} beside its approximations"
+                 + (", first output units" if cropped else "") + "; thin lines: output units, thick: weight | bias")
     return fig

@@ -16,6 +16,7 @@ import torch
 import xarray as xr
 
 from curvlab.analysis.plots.figures import new_figure
+from curvlab.analysis.plots.style import METHOD_COLOURS, method_style
 
 __all__ = ["plot_density", "plot_spectrum"]
 
@@ -31,19 +32,34 @@ def _numpy(values) -> np.ndarray:
 def plot_spectrum(eigenvalues: Mapping[str, object], *, title: str | None = None, floor: float = 1e-12):
     """Eigenvalues sorted by magnitude on a log axis, one line per matrix; negative ones as hollow markers.
 
+    Pass the exact matrix and its approximations together to see them side by side: each method keeps its
+    colour of every other figure (:func:`~curvlab.analysis.plots.style.method_style`); the first entry is
+    drawn thick. A spectrum known only in part (the top k by Lanczos) is drawn as markers.
+
     Args:
         eigenvalues: name -> [P] eigenvalues (tensor, array or DataArray).
         floor: magnitudes below it (numerical zeros) are left out; the legend counts them.
     """
-    fig, (ax,) = new_figure(panel_size=(6.0, 4.0))
-    for i, (name, values) in enumerate(eigenvalues.items()):
-        lam = _numpy(values).reshape(-1)
+    fig, (ax,) = new_figure(panel_size=(6.4, 4.4))
+    items = [(n, _numpy(v).reshape(-1)) for n, v in eigenvalues.items()]
+    items = [(n, v) for n, v in items if np.isfinite(v).any()]
+    for i, (name, lam) in enumerate(items):
+        lam = lam[np.isfinite(lam)]
         order = np.argsort(-np.abs(lam))
         lam = lam[order]
         keep = np.abs(lam) > floor
         rank = np.arange(1, lam.size + 1)
-        colour = f"C{i}"
-        ax.plot(rank[keep], np.abs(lam[keep]), color=colour,
+        key = str(name).split(",")[0].split(" ")[0]
+        style = method_style(key)
+        colour = "#000000" if i == 0 else style["color"] if key in METHOD_COLOURS else f"C{i}"
+        few = lam.size <= 30
+        n_kept = int(keep.sum())
+        # sparse, staggered markers: curves that coincide stay distinguishable
+        every = np.unique(np.geomspace(1 + i % 4, max(n_kept, 2), 10).astype(int) - 1) if n_kept else None
+        ax.plot(rank[keep], np.abs(lam[keep]), color=colour, linewidth=2.4 if i == 0 else 1.2,
+                linestyle="none" if few else ("-" if i == 0 else style["linestyle"]),
+                marker=style["marker"] if i else ("o" if few else None), markevery=None if few else every,
+                markerfacecolor="none", markersize=5, zorder=1 if i == 0 else 2,
                 label=f"{name} ({int((~keep).sum())} below {floor:g})" if (~keep).any() else name)
         neg = keep & (lam < 0)
         if neg.any():

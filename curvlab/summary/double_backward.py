@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.func import functional_call
 
 from curvlab.summary.problem import SummaryCurvature, SummaryProblem
 from curvlab.summary.terms import BatchTerms
@@ -45,7 +44,7 @@ def double_backward_terms(problem: SummaryProblem, inputs: torch.Tensor, targets
     s = problem.num_groups
     leaves = [p.clone().requires_grad_(True) for p in problem.params]
     with torch.enable_grad():
-        out = functional_call(problem.model, dict(zip(problem.names, leaves, strict=True)), (inputs,))
+        out = problem.call(dict(zip(problem.names, leaves, strict=True)), inputs)
         loss = problem.adapter(out, targets)
         z = problem.adapter.normalizer(out)
         grads = torch.autograd.grad(loss, leaves, create_graph=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
+from curvlab.autodiff import quiet_forward_ad
 from curvlab.summary.problem import SummaryCurvature, SummaryProblem
 from curvlab.summary.terms import BatchTerms
 
@@ -39,12 +40,17 @@ def functional_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: tor
         >>> torch.allclose(terms.hbar, ref.hbar) and torch.allclose(terms.d3, ref.d3)
         True
     """
+    with quiet_forward_ad():
+        return _functional_terms(problem, inputs, targets)
+
+
+def _functional_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: torch.Tensor) -> BatchTerms:
     s, dtype, device = problem.num_groups, problem.dtype, problem.params[0].device
     eta0 = torch.zeros(s, dtype=dtype, device=device)
     units = torch.eye(s, dtype=dtype, device=device)
 
     def outputs(eta: torch.Tensor) -> torch.Tensor:
-        return functional_call(problem.model, problem.perturbed(eta), (inputs,))
+        return problem.call(problem.perturbed(eta), inputs)
 
     out = outputs(eta0).detach()
     problem.adapter.check(out, targets)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from curvlab.autodiff import batch_coupled_modules
 from curvlab.summary import layer_rules as rules
 from curvlab.summary.problem import SummaryCurvature, SummaryProblem
 from curvlab.summary.terms import BatchTerms
@@ -99,6 +100,9 @@ def unsupported_reason(problem: SummaryProblem) -> str | None:
     """
     if not isinstance(problem.model, nn.Sequential):
         return f"the model is a {type(problem.model).__qualname__}, not an nn.Sequential"
+    coupled = batch_coupled_modules(problem.model)
+    if coupled:
+        return f"{', '.join(coupled)} (BatchNorm in training mode) couples the samples"
     if not all(isinstance(g, int) for g in problem.groups):
         return "a group holds part of a parameter tensor (e.g. the 'entries' partition)"
     for stage in layered_stages(problem):

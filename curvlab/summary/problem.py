@@ -16,8 +16,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
+from curvlab.autodiff import exact_kernels, random_modules, stateless_copy
 from curvlab.errors import UnsupportedModuleError
+from curvlab.guards import check_backward_hooks
 from curvlab.losses import LossAdapter
 from curvlab.partition import Partition, trainable_parameters
 
@@ -75,6 +78,14 @@ class SummaryProblem:
     groups: tuple[int | torch.Tensor, ...]
     curvature: SummaryCurvature
     order: int
+    function: nn.Module | None = None  # the batch function (curvlab.autodiff.stateless_copy)
+
+    def call(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """The model's outputs with ``params`` as its trainable parameters: the batch function (train-mode
+        BatchNorm through batch statistics, no buffer updates) under exact kernels (for order 3 also
+        elementary normalisation layers, whose third derivatives torch's kernels get wrong)."""
+        with exact_kernels(third_order=self.order == 3):
+            return functional_call(self.function or self.model, params, (inputs,))
 
     @property
     def num_groups(self) -> int:
@@ -119,7 +130,7 @@ class SummaryProblem:
         groups = _parameter_groups(partition, params)
         return cls(
             model, adapter, partition, tuple(n for n, _ in named), params, directions, tuple(groups),
-            curvature, order,
+            curvature, order, stateless_copy(model),
         )
 
 
@@ -143,12 +154,15 @@ def _parameter_groups(partition: Partition, params: Sequence[torch.Tensor]) -> l
 def check_model(model: nn.Module, named: Sequence[tuple[str, torch.Tensor]]) -> None:
     """Refuse models the summary cannot evaluate faithfully (naming the culprit).
 
+    Train-mode BatchNorm is fine (the summaries are those of the batch function); train-mode dropout
+    makes the model a random function and is refused.
+
     Example:
-        >>> model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))
         >>> check_model(model, trainable_parameters(model))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        curvlab.errors.UnsupportedModuleError: torch.nn.modules.batchnorm.BatchNorm1d (1) is in training mode: ...
+        curvlab.errors.UnsupportedModuleError: 1 (Dropout) in training mode: ...
     """
     if not named:
         raise UnsupportedModuleError(f"{type(model).__qualname__} has no trainable parameters")
@@ -160,12 +174,13 @@ def check_model(model: nn.Module, named: Sequence[tuple[str, torch.Tensor]]) -> 
         )
     if not named[0][1].is_floating_point():
         raise UnsupportedModuleError(f"{type(model).__qualname__}: parameters must be floating point")
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            raise UnsupportedModuleError(
-                f"{type(module).__module__}.{type(module).__qualname__} ({name or 'the model'}) is in "
-                "training mode: its batch statistics couple the samples. Call model.eval() first."
-            )
+    check_backward_hooks(model, "grouped_newton_summary")
+    random = random_modules(model)
+    if random:
+        raise UnsupportedModuleError(
+            f"{', '.join(random)} in training mode: the model is a random function (a new dropout mask "
+            "on every call), which has no curvature. Call model.eval(), or set p=0."
+        )
 
 
 def split_direction(

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
+from curvlab.autodiff import exact_kernels, stateless_copy
 from curvlab.data import Data, iter_batches
 from curvlab.errors import UnsupportedModuleError
 from curvlab.guards import check_dense_allocation, check_finite
@@ -150,14 +151,20 @@ def gradient_direction(model: nn.Module, adapter: LossAdapter, batches: Iterable
     named = trainable_parameters(model)
     params = {n: p.detach() for n, p in named}
 
+    function = stateless_copy(model)  # the batch function: no buffer updates
+
+    def forward(p, inputs):
+        with exact_kernels():
+            return functional_call(function, p, (inputs,))
+
     def loss(p, inputs, targets):
-        return adapter.loss_fn(functional_call(model, p, (inputs,)), targets)
+        return adapter.loss_fn(forward(p, inputs), targets)
 
     total, normalizer = None, 0
     for inputs, targets in batches:
         inputs, targets = _cast((inputs, targets), named[0][1])
         with torch.no_grad():
-            outputs = functional_call(model, params, (inputs,))
+            outputs = forward(params, inputs)
             adapter.check(outputs, targets)  # before the loss sees the targets
             z = adapter.normalizer(outputs)
         g = grad(loss)(params, inputs, targets)

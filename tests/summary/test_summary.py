@@ -220,9 +220,12 @@ def test_bad_arguments_raise_clear_errors():
     other = Partition.from_model(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="another model"):
         grouped_newton_summary(model, loss_fn, (x, y), partition=other)
+    dropout = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)).double()
+    with pytest.raises(UnsupportedModuleError, match=r"1 \(Dropout\) in training mode"):
+        grouped_newton_summary(dropout, loss_fn, (x, y))
     bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).double()
-    with pytest.raises(UnsupportedModuleError, match="training mode"):
-        grouped_newton_summary(bn, loss_fn, (x, y))
+    with pytest.raises(UnsupportedModuleError, match=r"1 \(BatchNorm in training mode\) couples"):
+        grouped_newton_summary(bn, loss_fn, (x, y), method="layered")
     seq = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)).double()
     with pytest.raises(UnsupportedModuleError, match="LayerNorm has trainable parameters but is not affine"):
         grouped_newton_summary(seq, loss_fn, (x, y), method="layered")

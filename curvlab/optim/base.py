@@ -91,13 +91,14 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         self._statistics = {"rejected": 0.0, "rolled_back": 0.0}
         self._batch = (inputs, targets)
         before = self._before = [p.detach().clone() for p in self.params]
+        state_before = dict(self.global_state)  # shallow: subclasses replace state entries, never mutate them
         try:
             with torch.enable_grad():
                 loss = self._step(inputs, targets)
         finally:
             self._batch = self._before = None
         if self._statistics["rejected"] == 0.0 and self._statistics["rolled_back"] == 0.0:
-            self._previous = before  # the parameters before the accepted step, for a roll-back
+            self._previous = (before, state_before)  # before the accepted step, for a roll-back
         self.global_state["step"] += 1
         self._statistics.setdefault("loss", float(loss))
         return loss.detach()
@@ -181,6 +182,9 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         group["lr"] *= 0.5
         return f"learning rate halved to {group['lr']:.3g}"
 
+    def _after_roll_back(self) -> None:
+        """Subclass hook: drop caches derived from the optimiser state (it was just restored)."""
+
     @torch.no_grad()
     def _roll_back(self, loss: torch.Tensor) -> bool:
         """If the last accepted step made this batch's loss non-finite, undo it; True if it did."""
@@ -188,10 +192,14 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         if previous is None or batch is None:
             return False
         current = [p.detach().clone() for p in self.params]
-        for p, q in zip(self.params, previous, strict=True):
+        for p, q in zip(self.params, previous[0], strict=True):
             p.copy_(q)
         if all_finite(self._loss(*batch)):
             self._previous = None
+            step = self.global_state["step"]
+            self.global_state = dict(previous[1])  # the optimiser state from before that step, too
+            self.global_state["step"] = step
+            self._after_roll_back()
             note = self._recover()
             warnings.warn(
                 f"{type(self).__name__}: the loss became non-finite after the last step; that step was rolled "

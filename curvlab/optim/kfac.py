@@ -212,6 +212,9 @@ class KFAC(CurvatureOptimizer):
                     )
         super()._check_loaded_state(state)
 
+    def _after_roll_back(self) -> None:
+        self._solvers = None  # rebuilt from the restored inverse factors
+
     def _raise_damping(self) -> str:
         group = self._group()
         group["damping"] = min(group["damping"] * 1.5, max(group["damping_max"], group["damping"]))

@@ -101,7 +101,9 @@ class CurvatureHooks:
         self.quantities = parse_quantities(quantities)
         self.ekfac_factors = dict(ekfac_factors or {})
         basis = {
-            layer: (torch.linalg.eigh(A).eigenvectors, torch.linalg.eigh(G).eigenvectors)
+            # in float64: float32 eigh fails to converge on the ill-conditioned factors of ReLU/pooling layers
+            layer: (torch.linalg.eigh(A.double()).eigenvectors.to(A.dtype),
+                    torch.linalg.eigh(G.double()).eigenvectors.to(G.dtype))
             for layer, (A, G) in self.ekfac_factors.items()
         }
         self.config = EngineConfig(mc_samples, generator, basis or None)

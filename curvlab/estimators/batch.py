@@ -85,18 +85,24 @@ def settle(col: Collector, state: RunState, outputs: torch.Tensor) -> None:
     coupled = _batch_coupled(col.model)
     if coupled:
         state.coupled, state.coupled_by = True, f"module {coupled[0]!r} (BatchNorm with batch statistics)"
-        return
-    adapted = [lp.name for lp in state.layers.adapted()]
+    elif outputs.shape[0] == 1 or not state.layers.adapted():
+        state.coupled = False
+
+
+def _probe(outputs: torch.Tensor) -> torch.Tensor:
+    """A random seed at sample 0 only, [N, 1, *out]: it reaches other samples' layer outputs iff they are coupled."""
+    gen = torch.Generator(device=outputs.device).manual_seed(0)
+    probe = torch.zeros_like(outputs)
+    probe[0] = torch.randn(outputs.shape[1:], dtype=outputs.dtype, generator=gen, device=outputs.device)
+    return probe.unsqueeze(1)
+
+
+def _decide_coupling(state: RunState, probes: Mapping[str, torch.Tensor]) -> None:
     state.coupled = False
-    if outputs.shape[0] > 1 and adapted:
-        gen = torch.Generator(device=outputs.device).manual_seed(0)
-        probe = torch.zeros_like(outputs)
-        probe[0] = torch.randn(outputs.shape[1:], dtype=outputs.dtype, generator=gen, device=outputs.device)
-        G = col.columns(outputs, probe.unsqueeze(1), adapted)
-        for name, g in G.items():
-            if bool(g[1:].abs().amax() > 0):
-                state.coupled, state.coupled_by = True, f"the model's forward (sample 0 reaches other samples at {name!r})"
-                return
+    for name, g in probes.items():
+        if bool(g[1:].abs().amax() > 0):
+            state.coupled, state.coupled_by = True, f"the model's forward (sample 0 reaches other samples at {name!r})"
+            return
 
 
 def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, targets: torch.Tensor,
@@ -112,11 +118,18 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
         reduce_rank = all(t.kind != "rows" for t in group)
         V = column_seeds(source, loss, outputs, targets, config.mc_samples, config.generator, reduce_rank)
         adapted = {t.layer for t in group if plans[t.layer].adapter is not None}
+        G: dict[str, torch.Tensor] = {}
+        if state.coupled is None:  # first batch: the probe rides along with the first column pass
+            names = sorted(lp.name for lp in state.layers.adapted())
+            both = col.columns(outputs, torch.cat([V, _probe(outputs)], 1), names)
+            _decide_coupling(state, {name: g[:, -1] for name, g in both.items()})
+            G = {name: g[:, :-1] for name, g in both.items()}
         as_rows = {t.layer for t in group if t.layer in adapted and state.coupled and t.kind in _EXACT}
         as_cols = sorted({t.layer for t in group if t.layer in adapted and t.layer not in as_rows
-                          or t.layer in adapted and t.kind in ("kron", "ekfac")})
+                          or t.layer in adapted and t.kind in ("kron", "ekfac")} - set(G))
+        if as_cols:
+            G.update(col.columns(outputs, V, as_cols))
         generic = sorted({t.layer for t in group if t.layer not in adapted})
-        G = col.columns(outputs, V, as_cols) if as_cols else {}
         gammas: dict[str, torch.Tensor] = {}
         if as_rows or generic:
             params = [p for layer in generic for _, p in state.layers.parameters_of(layer)]
@@ -130,6 +143,8 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
                 gammas[layer] = layer_gradients(plans[layer], col.calls[layer].X, g, rows=True)
         for task in group:
             _run_task(task, plans[task.layer], col, G, gammas, stats, config, basis)
+    if state.coupled is None:
+        state.coupled = False  # no factor source needed (Hessian quantities only)
     return stats
 
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from curvlab.collector import Collector, plan_layers
 from curvlab.data import Data, is_single_batch, iter_batches
+from curvlab.distributed import shared_failure
 from curvlab.engine.accumulate import Accumulator
 from curvlab.engine.quantities import Form, Quantity, Source
 from curvlab.engine.statistics import BatchStatistics
@@ -51,12 +52,19 @@ def collect(model: nn.Module, loss: LossAdapter, data: Data, quantities: Sequenc
         for lp in state.layers.adapted():
             if ("ekfac", lp.name, "G") in stats.sums:
                 A, G = stats.inputs[lp.name], stats.sums[("ekfac", lp.name, "G")]
-                basis[lp.name] = (torch.linalg.eigh(A).eigenvectors, torch.linalg.eigh(G).eigenvectors)
+                basis[lp.name] = (_eigenvectors(A), _eigenvectors(G))
         refit, _ = _pass(model, loss, data, [Quantity.EKFAC], config, state, {"batches": 0, "batch_size": None},
                          progress, basis)
         stats.sums.update({k: v for k, v in refit.sums.items() if k[2] == "scaling"})
     info.update(layers=state.layers, plan=plan, state=state)
     return stats, info
+
+
+@shared_failure("curvlab.compute")  # under torch.distributed: a rank that raises tells the others
+def _eigenvectors(matrix: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors of a symmetric factor, computed in float64 (float32 ``eigh`` fails on the ill-conditioned
+    input factors of ReLU/pooling layers), returned in the factor's dtype."""
+    return torch.linalg.eigh(matrix.double()).eigenvectors.to(matrix.dtype)
 
 
 def _pass(model, loss, data, quantities, config, state, info, progress, basis):
@@ -83,7 +91,7 @@ def _pass(model, loss, data, quantities, config, state, info, progress, basis):
             if hessian_qs:
                 _hessian(stats, state, loss, outputs, targets, hessian_qs)
             accumulator.add(stats)
-    accumulator.all_reduce()
+    accumulator.all_reduce([*model.parameters(), *model.buffers()])  # the ranks agree, then reduce
     return accumulator.result(), plan
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from curvlab.collector.layers import LayerPlan
+from curvlab.engine.rules.gram import gram
 from curvlab.engine.statistics import BatchStatistics
 from curvlab.estimators.gradients import layer_gradients, outer_form
 from curvlab.guards import check_dense_allocation
@@ -74,20 +75,19 @@ def add_input_factor(stats: BatchStatistics, plan: LayerPlan, X: torch.Tensor, s
     """A (unscaled: the accumulator divides by N): expand Σ_{n,s} x̃ x̃ᵀ / S, reduce Σ_n x̄̃ x̄̃ᵀ."""
     if plan.name in stats.inputs:
         return
-    Xa = augmented(plan, X)
-    if sharing == "reduce":
-        mean = Xa.mean(1)
-        stats.inputs[plan.name] = mean.T @ mean
+    bias = "bias" in plan.names
+    if sharing == "reduce" or X.shape[1] == 1:
+        stats.inputs[plan.name] = gram(X.mean(1), homogeneous=bias)
     else:
-        flat = Xa.reshape(-1, Xa.shape[-1])
-        stats.inputs[plan.name] = (flat.T @ flat) / Xa.shape[1]
+        flat = X.reshape(-1, X.shape[-1])
+        A = gram(flat, homogeneous=bias)
+        stats.inputs[plan.name] = A.div_(X.shape[1])
 
 
 def add_output_factor(stats: BatchStatistics, key: tuple, G: torch.Tensor, sharing: str) -> None:
     """G: expand Σ_{n,k,s} g gᵀ, reduce Σ_{n,k} ĝ ĝᵀ with ĝ = Σ_s g."""
     flat = G.sum(2) if sharing == "reduce" else G
-    flat = flat.reshape(-1, G.shape[-1])
-    stats.sums[key] = flat.T @ flat
+    stats.sums[key] = gram(flat.reshape(-1, G.shape[-1]))
 
 
 def add_ekfac(stats: BatchStatistics, key: tuple, plan: LayerPlan, X: torch.Tensor, G: torch.Tensor,

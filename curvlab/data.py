@@ -32,7 +32,7 @@ def iter_batches(data: Data) -> Iterator[Batch]:
         (1, 2)
     """
     if is_single_batch(data):
-        yield data[0], data[1]
+        yield _checked(data, None)
         return
     if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
         raise TypeError(
@@ -46,6 +46,15 @@ def iter_batches(data: Data) -> Iterator[Batch]:
                 f"batch {i} is a {type(batch).__qualname__}; expected an (inputs, targets) pair of tensors"
             )
         count += 1
-        yield batch[0], batch[1]
+        yield _checked(batch, i)
     if count == 0:
         raise ValueError("data holds no batches")
+
+
+def _checked(batch: Batch, index: int | None) -> Batch:
+    """The batch, or ``ValueError`` if it holds no samples (the loss adapters check targets against outputs)."""
+    inputs, targets = batch[0], batch[1]
+    if inputs.ndim and inputs.shape[0] == 0:
+        where = "the batch" if index is None else f"batch {index}"
+        raise ValueError(f"{where} is empty: inputs of shape {tuple(inputs.shape)}")
+    return inputs, targets

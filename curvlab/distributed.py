@@ -104,10 +104,13 @@ def shared_failure(what: str = "curvlab") -> Iterator[None]:
     except BaseException as err:
         if not _owed.get():  # the agreement already took place: the others are not waiting for us
             raise
-        _owed.set(False)
-        message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        message = f"{type(err).__name__}: {text}".rstrip(": ")
+        records = _gather({"failure": message, "spec": {}, "checksum": None})
+        if all(r["failure"] == message for r in records):
+            raise  # every rank failed alike: each raises its own error (a caller may fall back, all together)
         try:
-            _gather_and_check({"failure": message.rstrip(": "), "spec": {}, "checksum": None}, what)
+            _check(records, what)
         except DistributedError as shared:
             raise shared from err
         raise  # unreachable: a record with a failure always raises
@@ -115,12 +118,19 @@ def shared_failure(what: str = "curvlab") -> Iterator[None]:
         _owed.reset(token)
 
 
-def _gather_and_check(record: dict[str, Any], what: str) -> None:
-    if not is_distributed():
-        return
+def _gather(record: dict[str, Any]) -> list[dict[str, Any]]:
     _owed.set(False)
     records: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(records, record)
+    return records
+
+
+def _gather_and_check(record: dict[str, Any], what: str) -> None:
+    if is_distributed():
+        _check(_gather(record), what)
+
+
+def _check(records: list[dict[str, Any]], what: str) -> None:
     failed = [(rank, r["failure"]) for rank, r in enumerate(records) if r["failure"] is not None]
     if failed:
         listed = "; ".join(f"rank {rank} raised {message}" for rank, message in failed[:_SHOWN])

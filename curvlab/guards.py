@@ -14,9 +14,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from curvlab.errors import MemoryBudgetError, NonFiniteError
+from curvlab.errors import MemoryBudgetError, NonFiniteError, UnsupportedModuleError
 
 __all__ = [
+    "check_backward_hooks",
     "check_dense_allocation",
     "check_finite",
     "format_bytes",
@@ -151,3 +152,38 @@ def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
                 f"{what} contains {nans} NaN and {infs} inf entries (of {tensor.numel()})"
             )
     return tensor
+
+
+def check_backward_hooks(model: torch.nn.Module, what: str) -> None:
+    """Raise :class:`~curvlab.errors.UnsupportedModuleError` naming a module with a user's *full*
+    backward hook (``register_full_backward_hook`` or ``register_full_backward_pre_hook``, or a global one).
+
+    Such a hook wraps the module's inputs and outputs in an ``autograd.Function``: curvlab's hook
+    engine then no longer sees one module's output flow into the next, and ``torch.func`` transforms
+    refuse it. The fix is to remove the hook (``handle.remove()``) while computing curvature.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> handle = model[0].register_full_backward_hook(lambda *args: None)
+        >>> check_backward_hooks(model, "curvlab.compute")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        curvlab.errors.UnsupportedModuleError: curvlab.compute: module '0' (Linear) has a full backward hook ...
+        >>> handle.remove(); check_backward_hooks(model, "curvlab.compute")
+    """
+    from torch.nn.modules import module as torch_module  # noqa: PLC0415
+
+    if getattr(torch_module, "_global_is_full_backward_hook", None) and torch_module._global_backward_hooks:
+        raise UnsupportedModuleError(
+            f"{what}: a global full backward hook is registered (torch.nn.modules.module."
+            "register_module_full_backward_hook); remove it while computing curvature"
+        )
+    for name, module in model.named_modules():
+        full = bool(module._backward_hooks) and getattr(module, "_is_full_backward_hook", None) is True
+        if full or module._backward_pre_hooks:
+            raise UnsupportedModuleError(
+                f"{what}: module {name or 'the model'!r} ({type(module).__qualname__}) has a full backward hook "
+                "(register_full_backward_hook/register_full_backward_pre_hook), which wraps its inputs and outputs "
+                "in an autograd.Function that curvature computations cannot trace; remove it (handle.remove()) "
+                "while computing curvature"
+            )

@@ -17,6 +17,7 @@ from torch import nn
 from curvlab.engine.fx_check import ModelGraph, model_graph
 from curvlab.engine.rules import RULES, ModuleRule, rule_for
 from curvlab.errors import UnsupportedModuleError
+from curvlab.guards import check_backward_hooks
 
 __all__ = ["Layer", "graph_of", "supported_layers"]
 
@@ -54,6 +55,7 @@ def supported_layers(model: nn.Module, rules: Mapping[type, ModuleRule] = RULES)
             f"the model is a single {type(model).__qualname__}; wrap it in nn.Sequential(...) so that its "
             "layer has a name"
         )
+    check_backward_hooks(model, "curvlab's hook engine")
     modules = dict(model.named_modules())
     leaf_rules = {}  # checked once: the module's own error comes first
     for name, module in modules.items():

@@ -81,6 +81,8 @@ class LossAdapter(ABC):
             raise UnsupportedLossError(
                 f"{self.name}: model outputs must be [N, ...] with a batch dimension, got {tuple(outputs.shape)}"
             )
+        if outputs.shape[0] == 0:
+            raise UnsupportedLossError(f"{self.name}: the batch is empty (outputs {tuple(outputs.shape)})")
 
     def normalizer(self, outputs: torch.Tensor) -> int:
         """Z, the denominator of the reduction: L = (1/Z) Σ_n ℓ_n."""
@@ -236,6 +238,10 @@ class CrossEntropyAdapter(LossAdapter):
                 f"{self.name}: soft (class-probability) targets {tuple(targets.shape)} {targets.dtype} are "
                 "not supported: use class indices"
             )
+        if targets.dtype != torch.int64:  # int32/bool/uint8 fail raw in some paths (cross_entropy, one_hot)
+            raise UnsupportedLossError(
+                f"{self.name}: class-index targets must be int64 (torch.long), got {targets.dtype}: pass targets.long()"
+            )
         expected = (outputs.shape[0], *outputs.shape[2:])
         if tuple(targets.shape) != expected:
             raise UnsupportedLossError(
@@ -323,6 +329,11 @@ class BCEWithLogitsAdapter(LossAdapter):
         if targets.shape != outputs.shape:
             raise UnsupportedLossError(
                 f"{self.name}: targets {tuple(targets.shape)} must match outputs {tuple(outputs.shape)}"
+            )
+        if targets.numel() and not bool(((targets >= 0) & (targets <= 1)).all()):
+            raise UnsupportedLossError(
+                f"{self.name}: targets must be probabilities in [0, 1], got values from "
+                f"{float(targets.min()):g} to {float(targets.max()):g}" + (" and NaN" if bool(targets.isnan().any()) else "")
             )
 
     def _per_sample_loss(self, outputs, targets):

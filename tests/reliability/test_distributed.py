@@ -23,8 +23,8 @@ from torch import nn
 from curvlab import compute
 from curvlab.errors import DistributedError
 
-PG_TIMEOUT_S = 8
-DEADLINE_S = 90
+PG_TIMEOUT_S = 20
+DEADLINE_S = 120
 
 
 class _FailingData:
@@ -65,6 +65,16 @@ def _scenarios(rank: int):
         ("raises_in_second_pass", lambda: compute(_model(4, 0), loss, _SecondPassFails(_data(rank), rank == 0),
                                                   ["ekfac"], progress=False)),
         ("agreeing", lambda: compute(_model(4, 0), loss, _data(rank), q, progress=False)),
+        # the collector route (models the rule engine does not take) agrees the same way
+        ("collector_rank_raises", lambda: compute(_model(4, 0), loss, _FailingData(_data(rank), rank == 0), q,
+                                                  route="collector", progress=False)),
+        ("collector_other_weights", lambda: compute(_model(4, rank), loss, _data(rank), q, route="collector",
+                                                    progress=False)),
+        ("collector_agreeing", lambda: compute(_model(4, 0), loss, _data(rank), q, route="collector",
+                                               progress=False)),
+        # every rank fails alike: each raises its own error, nobody waits
+        ("all_fail_alike", lambda: compute(_model(4, 0), loss, [(x, y + 5) for x, y in _data(rank)], q,
+                                           progress=False)),
     ]
 
 
@@ -161,8 +171,22 @@ def test_same_shaped_models_with_different_weights_are_refused(outcomes):
 
 
 @pytest.mark.distributed
-def test_agreeing_ranks_still_reduce_exactly(outcomes):
-    got = [o.get("agreeing") for o in outcomes]
+def test_the_collector_route_agrees_too(outcomes):
+    assert "rank 0 raised OSError: rank-local disk read failed" in _same_error(outcomes, "collector_rank_raises")
+    assert "different model parameters" in _same_error(outcomes, "collector_other_weights")
+
+
+@pytest.mark.distributed
+def test_ranks_failing_alike_raise_their_own_error(outcomes):
+    got = [o.get("all_fail_alike") for o in outcomes]
+    assert all(g is not None and not g["ok"] and g["type"] == "UnsupportedLossError" for g in got), got
+    assert got[0]["message"] == got[1]["message"] and "class indices must lie in [0, 2)" in got[0]["message"]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", ["agreeing", "collector_agreeing"])
+def test_agreeing_ranks_still_reduce_exactly(outcomes, name):
+    got = [o.get(name) for o in outcomes]
     assert all(g is not None and g["ok"] for g in got), got
     single = compute(_model(4, 0), nn.CrossEntropyLoss(), _data(0) + _data(1), ["ggn"], progress=False)
     for g in got:

@@ -2,10 +2,13 @@
 
 Every function accepts a :class:`~curvlab.repr.base.CurvatureRepresentation` (e.g. a matrix-free
 operator), a ``scipy.sparse.linalg.LinearOperator`` or a dense [P, P] matrix, and returns an
-``xarray.Dataset`` whose ``eigenvalue`` dimension indexes the eigenpairs, with the residual norms
-‖A v − λ v‖ of each pair (k extra products) as a convergence report. If ARPACK stops before
-convergence, the converged pairs are kept, the rest are NaN, and a :class:`~curvlab.errors.CurvlabWarning`
-is issued.
+``xarray.Dataset`` whose ``eigenvalue`` dimension indexes the eigenpairs, with an honest convergence
+report: ARPACK's own verdict is confirmed by the residual norms ‖A v − λ v‖ of the returned pairs (k
+extra products) and by a symmetry probe |xᵀ(A y) − yᵀ(A x)| on two random vectors (2 products). A
+pair counts as converged when its residual is at most ``max(tol, 1e-6) · max|λ|``; an operator whose
+products are not those of one symmetric matrix (a wrong or random operator) fails the probe. Either
+failure sets ``converged = 0`` and issues a :class:`~curvlab.errors.CurvlabWarning`. If ARPACK stops
+before convergence, the converged pairs are kept and the rest are NaN.
 """
 
 from __future__ import annotations
@@ -152,6 +155,22 @@ def _lanczos(
     if len(values):
         av = matrix.matmat(torch.from_numpy(np.ascontiguousarray(vectors))).numpy()
         residuals[: len(values)] = np.linalg.norm(av - vectors * values, axis=0)
+    scale = float(np.abs(values).max()) if len(values) else 0.0
+    threshold = max(tol, _RESIDUAL_RTOL) * scale
+    asymmetry = _asymmetry(matrix, p, generator)
+    unconfirmed = [
+        i for i, r in enumerate(residuals[: len(values)]) if not r <= threshold
+    ]  # NaN fails too
+    if converged and (unconfirmed or asymmetry > _RESIDUAL_RTOL * max(scale, np.finfo(float).tiny)):
+        converged = False
+        warnings.warn(
+            f"Lanczos (eigsh, which={which!r}): ARPACK reported convergence, but the check of the "
+            f"returned pairs failed (pairs {unconfirmed} have residual ‖Av − λv‖ > {threshold:.2e}; "
+            f"symmetry probe |xᵀAy − yᵀAx| = {asymmetry:.2e}): the products do not behave as one "
+            "symmetric matrix, or more iterations are needed",
+            CurvlabWarning,
+            stacklevel=3,
+        )
     pad = k - len(values)
     values = np.concatenate([values, np.full(pad, np.nan)])
     data = {
@@ -177,5 +196,20 @@ def _lanczos(
             "converged": int(converged),
             "num_matvecs": matrix.num_matvecs,
             "tol": float(tol),
+            "residual_threshold": float(threshold),
+            "symmetry_error": float(asymmetry),
         },
     )
+
+
+#: A returned pair is confirmed when ‖Av − λv‖ ≤ max(tol, this) · max|λ|.
+_RESIDUAL_RTOL = 1e-6
+
+
+def _asymmetry(matrix, p: int, generator) -> float:
+    """|xᵀ(A y) − yᵀ(A x)| for unit random x, y: 0 up to rounding for one symmetric matrix."""
+    probes = torch.randn(p, 2, dtype=torch.float64, generator=generator)
+    probes /= probes.norm(dim=0, keepdim=True)
+    images = matrix.matmat(probes).numpy()
+    x, y = probes.numpy().T
+    return float(abs(x @ images[:, 1] - y @ images[:, 0]))

@@ -25,6 +25,7 @@
 # Set `CURVLAB_SMOKE=1` to run a tiny version (CI does).
 
 # %%
+# %matplotlib inline
 import os
 
 import torch

@@ -21,6 +21,7 @@
 # Set `CURVLAB_SMOKE=1` for a tiny run.
 
 # %%
+# %matplotlib inline
 import os
 
 import torch

@@ -19,6 +19,7 @@
 # back identical. Set `CURVLAB_SMOKE=1` for a tiny run.
 
 # %%
+# %matplotlib inline
 import os
 import tempfile
 from pathlib import Path

@@ -25,6 +25,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 
 from curvlab.errors import CurvlabError
+from curvlab.guards import check_finite
 from curvlab.operators.cg import DEFAULT_CG, CGSettings, conjugate_gradient
 from curvlab.operators.restriction import BlockView, scipy_operator, sub_partition
 from curvlab.partition import Partition
@@ -84,12 +85,22 @@ class CurvatureOperator(CurvatureRepresentation):
 
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
         if v.ndim == 1:
-            return self._apply(v)
-        if v.shape[1] == 0:
+            out = self._apply(v)
+        elif v.shape[1] == 0:
             return torch.zeros_like(v)
-        return torch.cat(
-            [self._apply_block(v[:, s : s + _BLOCK]) for s in range(0, v.shape[1], _BLOCK)], dim=1
-        )
+        else:
+            out = torch.cat(
+                [self._apply_block(v[:, s : s + _BLOCK]) for s in range(0, v.shape[1], _BLOCK)], 1
+            )
+        return self._checked_once(v, out)
+
+    def _checked_once(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The first product (and its vector) checked for NaN/inf; later products are not checked."""
+        if not self.__dict__.get("_product_checked", False):
+            check_finite(v, f"{self.quantity} operator: the vector multiplied")
+            check_finite(out, f"{self.quantity} operator product")
+            self._product_checked = True
+        return out
 
     def _columns(self, cols: torch.Tensor):
         """Yield ``(positions, C[:, cols[positions]])`` in chunks of identity columns."""

@@ -25,7 +25,7 @@ from torch import nn
 
 from curvlab.autodiff import reverse_jacobian
 from curvlab.data import Data
-from curvlab.guards import get_memory_budget
+from curvlab.guards import check_finite, get_memory_budget
 from curvlab.losses import LossAdapter
 from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.operators.sandwich import OutputSandwichOperator
@@ -125,7 +125,9 @@ class EmpiricalFisherOperator(OutputSandwichOperator):
             def sample_losses(*params, x=x, y=y):
                 return self.loss.per_sample_loss(self.forward(params, x), y)
 
-            grads.append(reverse_jacobian(sample_losses, *self.params))
+            grads.append(
+                check_finite(reverse_jacobian(sample_losses, *self.params), "per-sample gradients")
+            )
         return grads
 
     def _output_product(self, b: int, u: torch.Tensor) -> torch.Tensor:
@@ -138,7 +140,7 @@ class EmpiricalFisherOperator(OutputSandwichOperator):
         total = torch.zeros_like(v)
         for b, g in enumerate(self.per_sample_gradients):
             total += (self.weights[b] / self.normalizers[b]) * (g.T @ (g @ v))
-        return total
+        return self._checked_once(v, total)
 
     def _diagonal(self) -> torch.Tensor:
         """Σ_b (w_b/Z_b) Σ_n g_n ⊙ g_n from the cached per-sample gradients (else P products)."""

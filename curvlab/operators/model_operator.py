@@ -89,6 +89,7 @@ class ModelCurvatureOperator(CurvatureOperator):
         for b, (out, (_, y)) in enumerate(zip(outputs, self.batches, strict=False)):
             self.loss.check(out, y)
             check_finite(out, f"{type(self).__name__}: model outputs of batch {b}")
+            check_finite(self.loss.loss_fn(out, y), f"{type(self).__name__}: loss of batch {b}")
         self.outputs = outputs
         self.normalizers = [self.loss.normalizer(out) for out in outputs]
         self.weights = combine_weight(self.normalizers, self.loss.reduction)

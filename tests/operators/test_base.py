@@ -11,6 +11,7 @@ from curvlab.errors import (
     CurvlabError,
     CurvlabWarning,
     MemoryBudgetError,
+    NonFiniteError,
     UnsupportedLossError,
     UnsupportedModuleError,
 )
@@ -192,3 +193,32 @@ def test_bad_inputs_are_named():
         GGNOperator(lambda t: t, loss_fn, (x, y))
     with pytest.raises(ValueError, match="at least one group"):
         GGNOperator(model, loss_fn, (x, y)).restrict([])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, l, d: HessianOperator(m, l, d),
+        lambda m, l, d: GGNOperator(m, l, d),
+        lambda m, l, d: EmpiricalFisherOperator(m, l, d),
+    ],
+    ids=["hessian", "ggn", "empirical-fisher"],
+)
+def test_non_finite_values_raise_naming_the_quantity(make):
+    """NaN parameters, inputs or a NaN vector give NonFiniteError naming what went non-finite, never
+    a NaN result (issue 11, case 5): checked once per batch and on the first product."""
+    model, loss_fn, x, y = CASES[0].build()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="parameter 0.weight"):
+        make(model, loss_fn, (x, y))
+    model, loss_fn, x, y = CASES[0].build()
+    x[1, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="model outputs of batch 0"):
+        make(model, loss_fn, (x, y))
+    model, loss_fn, x, y = CASES[0].build()
+    op = make(model, loss_fn, (x, y))
+    v = torch.ones(op.shape[0], dtype=torch.float64)
+    v[3] = float("nan")
+    with pytest.raises(NonFiniteError, match="vector multiplied"):
+        op @ v

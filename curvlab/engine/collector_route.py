@@ -8,6 +8,7 @@ are coupled, with the convention then used).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -50,6 +51,8 @@ def compute_collected(model: nn.Module, adapter: LossAdapter, loss_fn: nn.Module
 
         if not is_single_batch(data) and iter(data) is data:
             raise ValueError("ekfac makes two passes over the data: pass a re-iterable (list, DataLoader), not an iterator")
+    adapter = copy.copy(adapter)
+    adapter.allow_ignore_index = True  # the collector honours entry_mask / normalizer_for
     config = EstimatorConfig(dict(approximations or {}), weight_sharing, mc_samples, generator)
     stats, info = collect(model, adapter, data, quantities, config, progress)
     state, plan = info["state"], info["plan"]

@@ -29,7 +29,7 @@ from curvlab.engine.quantities import Quantity, Source, parse_quantities
 from curvlab.engine.result import Curvature, assemble, kronecker_factors
 from curvlab.engine.route import rules_support
 from curvlab.engine.statistics import BatchStatistics
-from curvlab.errors import UnsupportedModuleError
+from curvlab.errors import UnsupportedLossError, UnsupportedModuleError
 from curvlab.losses import loss_adapter
 from curvlab.partition import PartitionSpec, trainable_parameters
 from curvlab.provenance import provenance
@@ -111,9 +111,10 @@ def compute(
     common = {"mc_samples": mc_samples, "generator": generator}
     try:
         stats, info = _run(model, adapter, data, first, progress, [p for _, p in params], **common)
-    except UnsupportedModuleError:
-        # refused at run time (e.g. nn.Linear on [N, T, D]): the collector handles the model
-        if route == "rules" or not (is_single_batch(data) or iter(data) is not data):
+    except (UnsupportedModuleError, UnsupportedLossError) as error:
+        # refused at run time (nn.Linear on [N, T, D], targets using ignore_index): the collector handles it
+        lifted = isinstance(error, UnsupportedModuleError) or "ignore_index" in str(error)
+        if route == "rules" or not lifted or not (is_single_batch(data) or iter(data) is not data):
             raise
         from curvlab.engine.collector_route import compute_collected  # noqa: PLC0415
 

@@ -109,7 +109,8 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
                      loss: LossAdapter, tasks: Sequence[Task], config: EstimatorConfig,
                      basis: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> BatchStatistics:
     """Unscaled statistics of one recorded batch for ``tasks`` (see the module docstring; :func:`settle` first)."""
-    stats = BatchStatistics(loss.normalizer(outputs), outputs.shape[0])
+    stats = BatchStatistics(loss.normalizer_for(outputs, targets), outputs.shape[0])
+    mask = loss.entry_mask(outputs, targets)  # ignored targets (ignore_index): their seeds are zero
     plans = {lp.name: lp for lp in state.layers.layers}
     by_source: dict = {}
     for task in tasks:
@@ -117,6 +118,8 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
     for source, group in by_source.items():
         reduce_rank = all(t.kind != "rows" for t in group)
         V = column_seeds(source, loss, outputs, targets, config.mc_samples, config.generator, reduce_rank)
+        if mask is not None:
+            V = V * mask.unsqueeze(1)
         adapted = {t.layer for t in group if plans[t.layer].adapter is not None}
         G: dict[str, torch.Tensor] = {}
         if state.coupled is None:  # first batch: the probe rides along with the first column pass

@@ -96,7 +96,7 @@ def _pass(model, loss, data, quantities, config, state, info, progress, basis):
 
 
 def _hessian(stats, state, loss, outputs, targets, quantities) -> None:
-    loss_sum = loss(outputs, targets) * loss.normalizer(outputs)  # unscaled: Σ_n ℓ_n
+    loss_sum = loss(outputs, targets) * loss.normalizer_for(outputs, targets)  # unscaled: Σ_n ℓ_n
     forms = {q.form for q in quantities}
     if Form.FULL in forms:
         params = [p for _, p in state.layers.params]

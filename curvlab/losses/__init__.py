@@ -45,10 +45,13 @@ from torch.nn import functional as F
 from curvlab.errors import UnsupportedLossError
 
 __all__ = [
+    "AutodiffAdapter",
     "BCEWithLogitsAdapter",
     "CrossEntropyAdapter",
     "LossAdapter",
     "MSEAdapter",
+    "NLLAdapter",
+    "PerSampleLoss",
     "combine_weight",
     "loss_adapter",
 ]
@@ -83,6 +86,18 @@ class LossAdapter(ABC):
             )
         if outputs.shape[0] == 0:
             raise UnsupportedLossError(f"{self.name}: the batch is empty (outputs {tuple(outputs.shape)})")
+
+    #: whether targets may use the loss's ``ignore_index`` (only where the caller honours
+    #: :meth:`entry_mask` and :meth:`normalizer_for`: the collector route of ``curvlab.compute``)
+    allow_ignore_index = False
+
+    def entry_mask(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """[N, *outputs.shape[1:]] 0/1 weights of the output entries that enter the loss (``None``: all)."""
+        return None
+
+    def normalizer_for(self, outputs: torch.Tensor, targets: torch.Tensor) -> int:
+        """Z given the targets (differs from :meth:`normalizer` only when targets are ignored)."""
+        return self.normalizer(outputs)
 
     def normalizer(self, outputs: torch.Tensor) -> int:
         """Z, the denominator of the reduction: L = (1/Z) Σ_n ℓ_n."""
@@ -159,8 +174,12 @@ class LossAdapter(ABC):
         num, classes = flat.shape
         tiled = flat.expand(mc_samples, num, classes).reshape(mc_samples * num, classes)
         flat_samples = self._flat_targets(samples.reshape(mc_samples * num, *samples.shape[2:]), tiled)
-        grads = self._output_gradient(tiled, flat_samples).reshape(mc_samples, num, classes)
+        grads = self._score(tiled, flat_samples).reshape(mc_samples, num, classes)
         return grads.permute(1, 2, 0) / mc_samples**0.5
+
+    def _score(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """∇_f −log p(ŷ | f) at sampled targets (the likelihood's score; the loss gradient by default)."""
+        return self._output_gradient(outputs, targets)
 
     # ---------------------------------------------------------------- subclass hooks
     def _flat_targets(self, targets: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
@@ -226,10 +245,10 @@ class CrossEntropyAdapter(LossAdapter):
         super().__init__(loss_fn)
         if loss_fn.weight is not None:
             raise UnsupportedLossError(f"{self.name}: class weights (weight=...) are not supported")
-        if loss_fn.label_smoothing != 0.0:
-            raise UnsupportedLossError(
-                f"{self.name}: label_smoothing={loss_fn.label_smoothing} is not supported"
-            )
+        #: ε of label smoothing: ℓ = −Σ_t Σ_c q_ct log p_ct, q = (1 − ε) onehot + ε/C. H_n does not
+        #: depend on q (Σ_c q_c = 1), so GGN-type quantities are those of plain cross-entropy; the
+        #: gradient (empirical Fisher) is p − q; MC samples use the likelihood's score p − onehot(ŷ).
+        self.smoothing = float(getattr(loss_fn, "label_smoothing", 0.0))
 
     def check(self, outputs, targets):
         super().check(outputs, targets)
@@ -248,10 +267,16 @@ class CrossEntropyAdapter(LossAdapter):
                 f"{self.name}: logits {tuple(outputs.shape)} need class-index targets of shape "
                 f"{expected}, got {tuple(targets.shape)} {targets.dtype}"
             )
-        if bool((targets == self.loss_fn.ignore_index).any()):
-            raise UnsupportedLossError(
-                f"{self.name}: targets use ignore_index={self.loss_fn.ignore_index}, which is not supported"
-            )
+        ignored = targets == self.loss_fn.ignore_index
+        if bool(ignored.any()):
+            if not self.allow_ignore_index:
+                raise UnsupportedLossError(
+                    f"{self.name}: targets use ignore_index={self.loss_fn.ignore_index}, which only curvlab.compute's "
+                    "collector route supports (route='collector'); references and operators do not"
+                )
+            if bool(ignored.all()) and self.reduction == "mean":
+                raise UnsupportedLossError(f"{self.name}: every target is ignore_index: the mean loss is undefined")
+            targets = targets[~ignored]
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= outputs.shape[1]):
             raise UnsupportedLossError(
                 f"{self.name}: class indices must lie in [0, {outputs.shape[1]}), got "
@@ -262,6 +287,20 @@ class CrossEntropyAdapter(LossAdapter):
         if self.reduction == "sum":
             return 1
         return outputs.shape[0] * (outputs[0].numel() // outputs.shape[1])
+
+    def _kept(self, targets: torch.Tensor) -> torch.Tensor | None:
+        ignored = targets == self.loss_fn.ignore_index
+        return ~ignored if bool(ignored.any()) else None
+
+    def entry_mask(self, outputs, targets):
+        kept = self._kept(targets)
+        return None if kept is None else kept.unsqueeze(1).expand(outputs.shape).to(outputs.dtype)
+
+    def normalizer_for(self, outputs, targets):
+        kept = self._kept(targets)
+        if kept is None or self.reduction == "sum":
+            return self.normalizer(outputs)
+        return int(kept.sum())
 
     @staticmethod
     def _positions(outputs: torch.Tensor) -> torch.Tensor:
@@ -276,11 +315,35 @@ class CrossEntropyAdapter(LossAdapter):
         """Flattened [N, C·T] outputs and [N, T] targets as [N, C, T] logits."""
         return outputs.reshape(outputs.shape[0], -1, targets.shape[1])
 
+    def _split(self, targets):
+        """Targets with ignored entries replaced by class 0, and the [N, T] weights of kept entries."""
+        kept = self._kept(targets)
+        if kept is None:
+            return targets, None
+        return targets.masked_fill(~kept, 0), kept
+
     def _per_sample_loss(self, outputs, targets):
+        targets, kept = self._split(targets)
         logp = self._unflat(outputs, targets).log_softmax(1)
-        return -logp.gather(1, targets[:, None, :]).squeeze(1).sum(1)
+        nll = -logp.gather(1, targets[:, None, :]).squeeze(1)  # [N, T]
+        if self.smoothing:
+            nll = (1 - self.smoothing) * nll - self.smoothing * logp.mean(1)
+        if kept is not None:
+            nll = nll * kept
+        return nll.sum(1)
 
     def _output_gradient(self, outputs, targets):
+        targets, kept = self._split(targets)
+        logits = self._unflat(outputs, targets)
+        q = F.one_hot(targets, logits.shape[1]).to(outputs.dtype).transpose(1, 2)
+        if self.smoothing:
+            q = (1 - self.smoothing) * q + self.smoothing / logits.shape[1]
+        grad = logits.softmax(1) - q
+        if kept is not None:
+            grad = grad * kept[:, None, :]
+        return grad.flatten(1)
+
+    def _score(self, outputs, targets):
         logits = self._unflat(outputs, targets)
         onehot = F.one_hot(targets, logits.shape[1]).to(outputs.dtype).transpose(1, 2)
         return (logits.softmax(1) - onehot).flatten(1)
@@ -361,9 +424,31 @@ class BCEWithLogitsAdapter(LossAdapter):
         return torch.bernoulli(p, generator=generator)
 
 
+class NLLAdapter(CrossEntropyAdapter):
+    """``nn.NLLLoss`` on log-probabilities (``log_softmax`` outputs), [N, C] or [N, C, d₁, …].
+
+    NLLLoss is linear in its input, so the GGN *with respect to the log-probabilities* is zero; the
+    useful GGN folds ``log_softmax`` into the loss. Because log_softmax(log p) = log p, NLLLoss on
+    log-probabilities equals cross-entropy on them, whose GGN equals that of cross-entropy on the logits
+    ((I − p 1ᵀ)(diag p − p pᵀ)(I − 1 pᵀ) = diag p − p pᵀ). This adapter is that cross-entropy; it checks
+    that the outputs are log-probabilities (logsumexp over classes = 0).
+    """
+
+    def check(self, outputs, targets):
+        super().check(outputs, targets)
+        tol = 1e-4 if outputs.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-8
+        err = float(outputs.detach().logsumexp(1).abs().max()) if outputs.numel() else 0.0
+        if err > tol:
+            raise UnsupportedLossError(
+                f"{self.name}: NLLLoss needs log-probabilities (e.g. F.log_softmax(logits, 1)); the outputs' "
+                f"logsumexp over classes is off 0 by {err:.2e}"
+            )
+
+
 _ADAPTERS: dict[type, type[LossAdapter]] = {
     nn.MSELoss: MSEAdapter,
     nn.CrossEntropyLoss: CrossEntropyAdapter,
+    nn.NLLLoss: NLLAdapter,
     nn.BCEWithLogitsLoss: BCEWithLogitsAdapter,
 }
 
@@ -377,7 +462,7 @@ def loss_adapter(loss_fn: nn.Module | LossAdapter) -> LossAdapter:
         >>> loss_adapter(torch.nn.L1Loss())
         Traceback (most recent call last):
         ...
-        curvlab.errors.UnsupportedLossError: torch.nn.modules.loss.L1Loss is not supported: use MSELoss, CrossEntropyLoss or BCEWithLogitsLoss
+        curvlab.errors.UnsupportedLossError: torch.nn.modules.loss.L1Loss is not supported: use MSELoss, CrossEntropyLoss, NLLLoss, BCEWithLogitsLoss or curvlab.losses.PerSampleLoss(fn) (any per-sample loss, by autodiff)
     """
     if isinstance(loss_fn, LossAdapter):
         return loss_fn
@@ -385,7 +470,8 @@ def loss_adapter(loss_fn: nn.Module | LossAdapter) -> LossAdapter:
     if adapter is None:
         qualname = f"{type(loss_fn).__module__}.{type(loss_fn).__qualname__}"
         raise UnsupportedLossError(
-            f"{qualname} is not supported: use MSELoss, CrossEntropyLoss or BCEWithLogitsLoss"
+            f"{qualname} is not supported: use MSELoss, CrossEntropyLoss, NLLLoss, BCEWithLogitsLoss or "
+            "curvlab.losses.PerSampleLoss(fn) (any per-sample loss, by autodiff)"
         )
     return adapter(loss_fn)
 
@@ -401,3 +487,8 @@ def combine_weight(normalizers: list[int] | tuple[int, ...], reduction: str) -> 
         return [1.0] * len(normalizers)
     total = sum(normalizers)
     return [z / total for z in normalizers]
+
+
+from curvlab.losses.autodiff import AutodiffAdapter, PerSampleLoss  # noqa: E402  (it subclasses LossAdapter)
+
+_ADAPTERS[PerSampleLoss] = AutodiffAdapter

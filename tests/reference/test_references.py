@@ -154,7 +154,6 @@ def test_float32_works():
         (nn.L1Loss(), "L1Loss"),
         (nn.MSELoss(reduction="none"), "reduction='none'"),
         (nn.CrossEntropyLoss(weight=torch.ones(3, dtype=torch.float64)), "weight"),
-        (nn.CrossEntropyLoss(label_smoothing=0.2), "label_smoothing"),
     ],
 )
 def test_unsupported_losses(name, loss_fn, culprit):

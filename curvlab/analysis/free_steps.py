@@ -39,9 +39,9 @@ from curvlab.operators.cg import CGSettings, conjugate_gradient
 __all__ = ["ExactSteps", "approximate_steps"]
 
 #: Relative residual tolerance of the exact step solves.
-RTOL = 1e-9
+RTOL = 1e-6
 #: At most this many iterations per exact solve.
-MAXITER = 2000
+MAXITER = 500
 
 
 class ExactSteps:

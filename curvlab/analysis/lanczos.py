@@ -36,6 +36,8 @@ __all__ = ["DENSE_BLOCK", "SpectralFacts", "restricted_operator", "spectral_norm
 
 #: Blocks with at most this many rows are materialised and decomposed densely.
 DENSE_BLOCK = 256
+#: Relative accuracy asked of Lanczos (``eigsh`` tol); the reported error bars come from the residuals.
+LANCZOS_TOL = 1e-6
 
 
 def restricted_operator(matrix, rows: torch.Tensor, size: int, minus=None) -> LinearOperator:
@@ -70,7 +72,7 @@ def spectral_norm_estimate(matrix, rows: torch.Tensor, size: int, minus=None, *,
     operator = restricted_operator(matrix, rows, size, minus)
     v0 = torch.randn(n, dtype=torch.float64, generator=generator).numpy()
     try:
-        values, vectors = eigsh(operator, k=1, which="LM", tol=1e-10, v0=v0, maxiter=max(20 * n, 1000))
+        values, vectors = eigsh(operator, k=1, which="LM", tol=LANCZOS_TOL, v0=v0, maxiter=max(20 * n, 1000))
     except ArpackNoConvergence:
         return float("nan"), float("nan")
     residual = np.linalg.norm(operator.matmat(vectors) - vectors * values)
@@ -101,7 +103,7 @@ class SpectralFacts:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CurvlabWarning)
             ds = spectra.top_eigenvalues(restricted_operator(matrix, rows, size), k + 1, return_eigenvectors=True,
-                                         tol=1e-10, generator=generator)
+                                         tol=LANCZOS_TOL, generator=generator)
         values, residuals = ds["eigenvalues"].values, ds["residual_norms"].values
         vectors = torch.from_numpy(np.ascontiguousarray(ds["eigenvectors"].values[:, :k]))
         gap = values[k - 1] - values[k]

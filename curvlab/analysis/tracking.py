@@ -97,6 +97,30 @@ class Tracker:
         self.attrs = dict(attrs or {})
         self._records: list[xr.Dataset] = []
 
+    @classmethod
+    def measuring(cls, model, loss_fn, data, *, every: int = 1, path: str | os.PathLike | None = None,
+                  overwrite: bool = False, attrs: Mapping[str, Any] | None = None, **measure_options) -> Tracker:
+        """A tracker of :func:`curvlab.analysis.measure` on ``data``: dense up to ``dense_limit`` parameters,
+        matrix-free above (``method="auto"``, or as ``measure_options`` say); the saved dataset's ``method``
+        attribute records which.
+
+        Example:
+            >>> from torch import nn
+            >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+            >>> data = (torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)))
+            >>> tracker = Tracker.measuring(model, nn.CrossEntropyLoss(), data, approximations=["kflr"],
+            ...                             dampings=[0.1], k=1)
+            >>> _ = tracker(0)
+            >>> tracker.dataset.attrs["method"], tracker.dataset.step.values.tolist()
+            ('dense', [0])
+        """
+        from curvlab.analysis.measurement import measure
+
+        def quality() -> xr.Dataset:
+            return measure(model, loss_fn, data, **measure_options).quality
+
+        return cls({"quality": quality}, every=every, path=path, overwrite=overwrite, attrs=attrs)
+
     def __call__(self, step: int, *_: Any) -> bool:
         """Measure if ``step % every == 0``; returns whether it did. Extra arguments are ignored, so a
         tracker can be passed directly as a ``callback(step, model)``."""

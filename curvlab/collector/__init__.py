@@ -10,9 +10,9 @@
 The estimators (:mod:`curvlab.estimators`) turn its records into representations.
 """
 
-from curvlab.collector.adapters import ADAPTERS, LayerAdapter, adapter_for
+from curvlab.collector.adapters import ADAPTERS, LayerAdapter, adapter_for, register_adapter
 from curvlab.collector.collector import Collector, LayerCalls, batched_grad
 from curvlab.collector.layers import LayerPlan, ModelLayers, plan_layers
 
 __all__ = ["ADAPTERS", "Collector", "LayerAdapter", "LayerCalls", "LayerPlan", "ModelLayers", "adapter_for",
-           "batched_grad", "plan_layers"]
+           "batched_grad", "plan_layers", "register_adapter"]

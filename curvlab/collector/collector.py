@@ -35,6 +35,7 @@ from torch.overrides import TorchFunctionMode
 
 from curvlab.collector.adapters import ADAPTERS, LayerAdapter
 from curvlab.collector.layers import LayerPlan, ModelLayers, plan_layers
+from curvlab.guards import check_backward_hooks
 
 __all__ = ["Collector", "LayerCalls"]
 
@@ -136,6 +137,7 @@ class Collector:
     def __enter__(self) -> Collector:
         if self._stack is not None:
             raise RuntimeError("Collector is not re-entrant")
+        check_backward_hooks(self.model, "curvlab's collector")  # they would run once per vectorised seed
         self._stack = contextlib.ExitStack()
         try:
             self._stack.enter_context(_exact_kernels())

@@ -54,6 +54,7 @@ __all__ = [
     "PerSampleLoss",
     "combine_weight",
     "loss_adapter",
+    "register_loss",
 ]
 
 
@@ -451,6 +452,21 @@ _ADAPTERS: dict[type, type[LossAdapter]] = {
     nn.NLLLoss: NLLAdapter,
     nn.BCEWithLogitsLoss: BCEWithLogitsAdapter,
 }
+
+
+def register_loss(loss_type: type, adapter: type[LossAdapter]) -> None:
+    """Make :func:`loss_adapter` (and so every curvlab computation) use ``adapter`` for ``loss_type``.
+
+    Example:
+        >>> class Twice(MSEAdapter):
+        ...     pass
+        >>> register_loss(nn.MSELoss, Twice); type(loss_adapter(nn.MSELoss())).__name__
+        'Twice'
+        >>> register_loss(nn.MSELoss, MSEAdapter)
+    """
+    if not (isinstance(adapter, type) and issubclass(adapter, LossAdapter)):
+        raise TypeError(f"adapter must be a LossAdapter subclass, got {adapter!r}")
+    _ADAPTERS[loss_type] = adapter
 
 
 def loss_adapter(loss_fn: nn.Module | LossAdapter) -> LossAdapter:

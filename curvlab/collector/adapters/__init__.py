@@ -15,16 +15,35 @@ from curvlab.collector.adapters.embedding import EmbeddingAdapter
 from curvlab.collector.adapters.linear import LinearAdapter
 from curvlab.collector.adapters.norm import BatchNormAdapter, GroupNormAdapter, LayerNormAdapter
 
-__all__ = ["ADAPTERS", "LayerAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "LayerAdapter", "adapter_for", "register_adapter"]
 
-ADAPTERS: tuple[LayerAdapter, ...] = (
+#: the default adapters, in the order :func:`adapter_for` tries them (extend with :func:`register_adapter`)
+ADAPTERS: list[LayerAdapter] = [
     LinearAdapter(),
     ConvAdapter(),
     EmbeddingAdapter(),
     LayerNormAdapter(),
     GroupNormAdapter(),
     BatchNormAdapter(),
-)
+]
+
+
+def register_adapter(adapter: LayerAdapter) -> LayerAdapter:
+    """Add ``adapter`` in front of the defaults (it wins over them for the modules it matches).
+
+    Example:
+        >>> class Mine(LayerAdapter):
+        ...     def matches(self, module):
+        ...         return False
+        >>> mine = register_adapter(Mine())
+        >>> ADAPTERS[0] is mine
+        True
+        >>> ADAPTERS.remove(mine)
+    """
+    if not isinstance(adapter, LayerAdapter):
+        raise TypeError(f"adapter must be a LayerAdapter instance, got {type(adapter).__qualname__}")
+    ADAPTERS.insert(0, adapter)
+    return adapter
 
 
 def adapter_for(module: nn.Module, adapters: Sequence[LayerAdapter] = ADAPTERS) -> LayerAdapter | None:

@@ -200,7 +200,7 @@ def write_netcdf(data: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, ove
     if estimate <= get_memory_budget():
         encoded = memoryview(data.to_netcdf(engine=_ENGINE)).cast("B")
     _check_free_space(path, len(encoded) if encoded is not None else int(estimate * 1.1))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_OWNER}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         if encoded is not None:
@@ -225,7 +225,7 @@ def write_netcdf(data: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, ove
     return path
 
 
-_OWNER = f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+_HOST = socket.gethostname().replace(".", "_")  # temporary files are named .NAME.HOST-PID.XXXXXXXX.tmp
 _MARGIN = 2**20  # bytes of free space kept beyond the file
 
 
@@ -269,14 +269,13 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     Example:
         >>> import tempfile, pathlib
         >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> stale = d / f".a.nc.{_OWNER.rsplit('-', 1)[0]}-999999999.x1y2z3.tmp"  # no such PID
+        >>> stale = d / f".a.nc.{_HOST}-999999999.x1y2z3.tmp"  # no such PID
         >>> _ = stale.write_bytes(b"half a file")
         >>> [p.name == stale.name for p in remove_stale_temporaries(d / "a.nc")], stale.exists()
         ([True], False)
     """
     path = Path(path)
-    host = _OWNER.rsplit("-", 1)[0]
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(host)}-(\d+)\.[^.]+\.tmp$")
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(_HOST)}-(\d+)\.[^.]+\.tmp$")
     removed = []
     try:
         candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))

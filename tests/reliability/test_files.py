@@ -120,9 +120,9 @@ def test_temporary_file_of_a_killed_save_is_cleaned_up(tmp_path):
 
 
 def test_temporary_file_of_a_live_writer_is_left_alone(tmp_path):
-    from curvlab.io import _OWNER, remove_stale_temporaries
+    from curvlab.io import _HOST, remove_stale_temporaries
 
-    live = tmp_path / f".c.nc.{_OWNER.rsplit('-', 1)[0]}-{os.getppid()}.abcdefgh.tmp"  # pytest's parent: alive
+    live = tmp_path / f".c.nc.{_HOST}-{os.getppid()}.abcdefgh.tmp"  # pytest's parent: alive
     other_host = tmp_path / ".c.nc.elsewhere-999999999.abcdefgh.tmp"
     for p in (live, other_host):
         p.write_bytes(b"busy")

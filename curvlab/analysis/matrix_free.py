@@ -69,6 +69,7 @@ def compare_matrix_free(
     indefinite: bool | None = None,
     seed: int = 0,
     progress: bool = False,
+    block_steps: bool = False,
     attrs: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Compare approximations with ``exact`` through products (layout: module docstring and ``compare``).
@@ -81,6 +82,8 @@ def compare_matrix_free(
         indefinite: solve exact steps by MINRES; default: when ``exact.quantity`` is ``"hessian"``.
         seed: seeds the probes and the Lanczos start vectors.
         progress: show a tqdm bar over the stages of the measurement.
+        block_steps: also the step metrics of each diagonal block (one more CG solve per block and damping);
+            by default only the whole matrix's (the per-block rows are NaN).
     """
     from curvlab.analysis.comparison import STEP_METRICS, _LONG_NAMES, _summary_variables
     from curvlab.analysis.steps import summary_steps
@@ -150,9 +153,16 @@ def compare_matrix_free(
     )
     if g is not None:
         bar.set_postfix_str("steps")
+        preconditioner = _preconditioner(approximations)
+        ds.attrs["step_preconditioner"] = preconditioner[0] if preconditioner and not indefinite else "none"
         for b, rows in enumerate(rows_of):
-            solver = ExactSteps(exact, g, rows, size, lambdas, indefinite=indefinite)
             whole = b == len(rows_of) - 1
+            if not (whole or block_steps):
+                continue
+            solver = ExactSteps(exact, g, rows, size, lambdas, indefinite=indefinite,
+                                preconditioner=preconditioner[1] if preconditioner else None)
+            if whole:
+                ds.attrs["step_solver_iterations"] = ",".join(map(str, solver.iterations))
             for a, approx in enumerate(approximations.values()):
                 steps = approximate_steps(approx, g, None if whole else rows, size, lambdas)
                 sq[a, b], sq_err[a, b] = solver.quality(steps)
@@ -179,3 +189,15 @@ def compare_matrix_free(
         ds.update(_summary_variables(summary))
     bar.close()
     return ds
+
+
+#: Approximations tried, in order, as the preconditioner (A + λI)⁻¹ of the exact step solves.
+PRECONDITIONERS = ("kflr", "kfac", "ekfac", "kfra", "ggn_block", "fisher_mc_block", "diag_ggn", "diag_ggn_mc")
+
+
+def _preconditioner(approximations: Mapping[str, Any]):
+    for name in PRECONDITIONERS:
+        rep = approximations.get(name)
+        if rep is not None and not isinstance(rep, torch.Tensor) and hasattr(rep, "solve"):
+            return name, rep
+    return None

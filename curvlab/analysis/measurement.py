@@ -205,6 +205,7 @@ def measure(
     dense_limit: int = DENSE_LIMIT,
     num_probes: int | None = None,
     progress: bool = False,
+    block_steps: bool = False,
 ) -> Measurement:
     """Exact ``reference`` vs ``approximations`` of ``model`` on ``data`` (an ``(inputs, targets)`` pair or batches).
 
@@ -221,7 +222,7 @@ def measure(
             as an operator of :mod:`curvlab.operators`, metrics with error bars) or ``"auto"``: dense up to
             ``dense_limit`` parameters. Matrix-free, the reference is not kept in ``curvature``, ``eigenvalues``
             are its top ``k`` (Lanczos), and approximations the engine cannot compute are skipped.
-        num_probes, progress: of the matrix-free metrics (:func:`~curvlab.analysis.compare`).
+        num_probes, progress, block_steps: of the matrix-free metrics (:func:`~curvlab.analysis.compare`).
 
     Raises:
         ValueError: an unknown reference or approximation name.
@@ -268,7 +269,7 @@ def measure(
             continue
         curvature[name] = approx[name]
     ds = compare(exact, approx, gradient, partition=part, dampings=dampings, k=k, summary=summary,
-                 method=chosen, num_probes=num_probes, seed=seed, progress=progress,
+                 method=chosen, num_probes=num_probes, seed=seed, progress=progress, block_steps=block_steps,
                  attrs={**base_attrs, "reference": reference, "partition": part.to_json(),
                         "sources": json.dumps(sources), "skipped": json.dumps(skipped)})
     if eigenvalues:

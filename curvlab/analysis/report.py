@@ -58,11 +58,15 @@ def offdiagonal_stats(matrix: xr.DataArray) -> tuple[float, float]:
     return (float(off.mean()), float(off.max())) if off.size else (float("nan"), float("nan"))
 
 
-def _table(frame, floatfmt: str = ".3g") -> str:
+def _table(frame, floatfmt: str = ".3g", errors=None) -> str:
     cols = list(frame.columns)
     lines = ["| approximation | " + " | ".join(map(str, cols)) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in frame.iterrows():
-        cells = ["–" if not np.isfinite(v) else format(v, floatfmt) for v in row.values]
+        cells = []
+        for col, v in zip(cols, row.values, strict=True):
+            cell = "–" if not np.isfinite(v) else format(v, floatfmt)
+            e = errors.loc[name, col] if errors is not None and col in errors.columns else np.nan
+            cells.append(cell + (f" ± {e:.2g}" if np.isfinite(v) and np.isfinite(e) and e > 0 else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -73,12 +77,20 @@ def summarize(ds: xr.Dataset, *, block: str = "all") -> str:
     step = int(last.step) if "step" in last.coords else "n/a"
     out = [f"## Approximation quality (step: {step}, block: {block})", ""]
     frame = last.matrix_quality.sel(block=block).to_pandas()
+    errors = last.matrix_quality_error.sel(block=block).to_pandas() if "matrix_quality_error" in last else None
     if "step_quality" in last:
         damping = float(last.damping.values[len(last.damping) // 2])
         steps = last.step_quality.sel(block=block).sel(damping=damping).to_pandas()
         steps.columns = [f"{c} (λ={damping:g})" for c in steps.columns]
         frame = frame.join(steps)
-    out += [_table(frame), ""]
+        if errors is not None and "step_quality_error" in last:
+            step_errors = last.step_quality_error.sel(block=block).sel(damping=damping).to_pandas()
+            step_errors.columns = list(steps.columns)
+            errors = errors.join(step_errors)
+    if errors is not None:
+        out += [f"Matrix-free ({last.attrs.get('num_probes', '?')} probes per block): values ± their error bars "
+                "(standard errors of probe estimates, bounds of Lanczos and CG).", ""]
+    out += [_table(frame, errors=errors), ""]
     lines = []
     for metric in ("rel_frobenius_error", "cosine_similarity", "step_cosine", "decrease_ratio"):
         try:

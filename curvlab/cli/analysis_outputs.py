@@ -31,9 +31,10 @@ C is the exact reference, A an approximation, both [P, P]; blocks are the partit
 | interaction strength | ‖C_ij‖_F / √(‖C_ii‖_F ‖C_jj‖_F) | — | [0, ∞) |
 | normalised H̄ | H̄_ij / √(\\|H̄_ii\\| \\|H̄_jj\\|), H̄_ij = u_iᵀC_ij u_j along the gradient u | — | (−∞, ∞) |
 
-Matrix-free runs estimate the first two rows' Frobenius quantities with Rademacher probes per block
-(Hutchinson; ± one standard error), spectral quantities by Lanczos (± the residual bound) and d* by CG
-(MINRES for a Hessian; ± the bound from the residual).
+Matrix-free runs (above `--dense-limit` parameters) estimate the relative Frobenius error, the cosine and the
+interaction strengths with Rademacher probes per block (Hutchinson; ± one standard error), the spectral error
+and the eigenspace overlap by Lanczos (± the bounds from the residuals), and d* by CG preconditioned with an
+approximation (MINRES for a Hessian; ± the bound from the residual). Values are shown as value ± error bar.
 """
 
 

@@ -25,7 +25,8 @@ def _both(case_name: str, reference: str, approximations, monkeypatch, *, batch_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CurvlabWarning)
         dense = measure(model, loss_fn, (x, y), method="dense", **kwargs).quality
-        free = measure(model, loss_fn, (x, y), method="matrix-free", num_probes=60, **kwargs).quality
+        free = measure(model, loss_fn, (x, y), method="matrix-free", num_probes=60, block_steps=True,
+                       **kwargs).quality
     return dense, free
 
 
@@ -49,6 +50,7 @@ def test_ggn_metrics_agree_within_error_bars(case_name, monkeypatch):
     _within(free.step_quality, dense.step_quality, free.step_quality_error, atol=1e-7)
     _within(free.interaction, dense.interaction, free.interaction_error)
     assert np.allclose(free.summary_hbar, dense.summary_hbar, rtol=1e-10, atol=1e-12)
+    assert free.attrs["step_preconditioner"] == "kflr"  # the exact steps' CG is preconditioned by KFLR
 
 
 def test_exact_block_approximation_has_zero_error_matrix_free(monkeypatch):
@@ -105,3 +107,11 @@ def test_probe_estimates_are_unbiased_on_a_known_matrix():
         z.append((value[-1] - truth) / error[-1])
     z = np.array(z)
     assert abs(z.mean()) < 1.0 and 0.4 < z.std() < 2.0  # calibrated standard errors
+
+
+def test_block_steps_are_left_out_by_default():
+    model, loss_fn, x, y = BY_NAME["mlp-sigmoid-ce"].build(batch_size=6)
+    ds = measure(model, loss_fn, (x, y), approximations=["kflr"], dampings=[0.1], k=1, method="matrix-free",
+                 num_probes=4).quality
+    steps = ds.step_quality.sel(approximation="kflr")
+    assert np.isfinite(steps.sel(block="all")).all() and np.isnan(steps.sel(block="0")).all()

@@ -60,13 +60,13 @@ def collect(model: nn.Module, loss: LossAdapter, data: Data, quantities: Sequenc
     return stats, info
 
 
-@shared_failure("curvlab.compute")  # under torch.distributed: a rank that raises tells the others
 def _eigenvectors(matrix: torch.Tensor) -> torch.Tensor:
     """Eigenvectors of a symmetric factor, computed in float64 (float32 ``eigh`` fails on the ill-conditioned
     input factors of ReLU/pooling layers), returned in the factor's dtype."""
     return torch.linalg.eigh(matrix.double()).eigenvectors.to(matrix.dtype)
 
 
+@shared_failure("curvlab.compute")  # under torch.distributed: a rank that raises tells the others
 def _pass(model, loss, data, quantities, config, state, info, progress, basis):
     total = 1 if is_single_batch(data) else (len(data) if hasattr(data, "__len__") else None)
     accumulator = Accumulator(loss.reduction)

@@ -48,6 +48,7 @@ QUANTITIES = ("kfac", "kflr", "kfra", "ekfac", "diag_ggn", "diag_ggn_mc", "diag_
 
 class Library(enum.Enum):
     CURVLAB = "curvlab"
+    CURVLAB_COLLECTOR = "curvlab-collector"
     BACKPACK = "BackPACK"
     CURVLINOPS = "curvlinops"
     NNGEOMETRY = "nngeometry"
@@ -128,7 +129,7 @@ def prepare(library: Library, quantity: str, problem: Problem, max_bytes: float 
     needed = estimate_bytes(library, quantity, problem)
     if needed > max_bytes:
         raise TooLarge(f"needs >= {needed / 2**30:.1f} GiB for one intermediate (limit {max_bytes / 2**30:.1f} GiB)")
-    builder = {Library.CURVLAB: _curvlab, Library.BACKPACK: _backpack,
+    builder = {Library.CURVLAB: _curvlab, Library.CURVLAB_COLLECTOR: _curvlab_collector, Library.BACKPACK: _backpack,
                Library.CURVLINOPS: _curvlinops, Library.NNGEOMETRY: _nngeometry}[library]
     return builder(quantity, problem)
 
@@ -151,6 +152,22 @@ def _curvlab(quantity: str, problem: Problem) -> Callable[[], object]:
 
     def run():
         return curvlab.compute(model, loss_fn, (x, y), quantities=[quantity], mc_samples=1, progress=False)[quantity]
+
+    return run
+
+
+def _curvlab_collector(quantity: str, problem: Problem) -> Callable[[], object]:
+    """``curvlab.compute(..., route="collector")``: the autograd collector even where the rule engine applies."""
+    import curvlab
+
+    if quantity in ("ggn_matvec", "hessian_matvec", "kfra"):
+        raise NotOffered(quantity)
+    model, loss_fn = copy.deepcopy(problem.model), copy.deepcopy(problem.loss_fn)
+    x, y = problem.inputs, problem.targets
+
+    def run():
+        return curvlab.compute(model, loss_fn, (x, y), quantities=[quantity], mc_samples=1, progress=False,
+                               route="collector")[quantity]
 
     return run
 

@@ -8,6 +8,11 @@ key    model                                               loss       batch N  q
        sigmoid (Hinton & Salakhutdinov)
 ``c``  LeNet-5-style CNN on 1×28×28, tanh, max-pool        CE (mean)  128      mini LeNet (same layer types,
                                                                                  2 and 3 channels) on 1×8×8, N=4
+``d``  CIFAR CNN on 3×32×32: conv3(16)-relu-pool-          CE (mean)  64       same layers, 2 and 3 channels,
+       conv3(32)-relu-pool-fc(64)-relu-fc(10)                                    on 3×8×8, N=4
+``e``  CIFAR ResNet (pytorch-cifar style, F.relu,          CE (mean)  64       width 2 on 3×8×8, N=4
+       identity and 1×1 shortcuts, BatchNorm eval),
+       width 16, on 3×32×32
 =====  ==================================================  =========  =======  ==========================
 
 Inputs are uniform in [0, 1] like MNIST pixels, labels uniform over the classes; with ``mnist_path`` the
@@ -31,7 +36,7 @@ from curvlab.models import autoencoder, lenet, mlp
 
 __all__ = ["MODEL_KEYS", "Problem", "build_problem"]
 
-MODEL_KEYS = ("a", "b", "c")
+MODEL_KEYS = ("a", "b", "c", "d", "e")
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,47 @@ def _mini_lenet(classes: int) -> nn.Sequential:
     )
 
 
+def _cifar_cnn(channels: tuple[int, int], side: int, hidden: int, classes: int) -> nn.Sequential:
+    c1, c2 = channels
+    return nn.Sequential(
+        nn.Conv2d(3, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(c2 * (side // 4) ** 2, hidden), nn.ReLU(), nn.Linear(hidden, classes),
+    )
+
+
+class _Block(nn.Module):
+    """pytorch-cifar's BasicBlock: F.relu in forward, an identity or 1×1-conv shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = nn.functional.relu(self.bn1(self.conv1(x)))
+        return nn.functional.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class _ResNet(nn.Module):
+    def __init__(self, width: int, classes: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = _Block(width, width, 1)
+        self.layer2 = _Block(width, 2 * width, 2)
+        self.linear = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        out = self.layer2(self.layer1(nn.functional.relu(self.bn1(self.conv1(x)))))
+        return self.linear(nn.functional.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
 def build_problem(key: str, quick: bool = False, mnist_path: str | None = None, *,
                   dtype: torch.dtype = torch.float32, seed: int = 0) -> Problem:
     """The problem ``key`` (see the module docstring), built with ``seed`` in ``dtype``."""
@@ -115,6 +161,14 @@ def build_problem(key: str, quick: bool = False, mnist_path: str | None = None, 
         model, loss_fn, sample, classes = autoencoder(d, widths, "sigmoid"), nn.MSELoss(), (d,), None
         sizes = (d, *widths, *reversed(widths[:-1]), d)
         description = f"autoencoder {'-'.join(map(str, sizes))} sigmoid, MSE, N={n}"
+    elif key == "d":
+        side, channels, hidden, classes, n = (8, (2, 3), 5, 4, 4) if quick else (32, (16, 32), 64, 10, 64)
+        model, loss_fn, sample = _cifar_cnn(channels, side, hidden, classes), nn.CrossEntropyLoss(), (3, side, side)
+        description = f"CIFAR CNN conv({channels[0]})-conv({channels[1]})-fc({hidden}) on 3x{side}x{side}, ReLU, CE, N={n}"
+    elif key == "e":
+        side, width, classes, n = (8, 2, 4, 4) if quick else (32, 16, 10, 64)
+        model, loss_fn, sample = _ResNet(width, classes).eval(), nn.CrossEntropyLoss(), (3, side, side)
+        description = f"CIFAR ResNet (2 blocks, width {width}, BatchNorm eval) on 3x{side}x{side}, CE, N={n}"
     else:
         side, classes, n = (8, 4, 4) if quick else (28, 10, 128)
         model = _mini_lenet(classes) if quick else lenet(1, side, classes, "tanh")

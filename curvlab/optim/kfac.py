@@ -32,6 +32,9 @@ EKFAC always uses the exact (S + γ)⁻¹ in its eigenbasis). The step θ ← θ
 With ``adaptive_damping`` (default) γ follows the Levenberg–Marquardt rule on the reduction ratio
 r = (L(θ + v) − L(θ)) / (gᵀv + ½ vᵀGv) every ``damping_period`` (5) steps: r < ¼ → γ ← 1.5γ,
 r > ¾ → γ ← ⅔γ, within [``damping_min``, ``damping_max``] (one JVP and one extra forward pass then).
+With factored damping the damped factor inverses are formed explicitly at each inverse update (float64
+Cholesky, :class:`~curvlab.optim.kronecker_solve.FactoredInverse`), so an adapted γ reaches the
+preconditioner at the next inverse update; the step rescaling uses the current γ at once.
 
 Under ``torch.distributed`` (the model may be wrapped in ``DistributedDataParallel``) the loss, the
 gradient and the quadratic-model terms are averaged over the ranks (weighted by their loss normalisers)
@@ -63,7 +66,7 @@ from curvlab.optim.damping import reduction_ratio, trust_region_damping
 from curvlab.optim.distributed import is_distributed, unwrap_data_parallel, weighted_mean
 from curvlab.optim.gauss_newton import GaussNewtonQuadratic
 from curvlab.optim.hyperparameters import check_bool, check_choice, check_int, check_range
-from curvlab.optim.kronecker_solve import KroneckerSolveError, LayerSolver
+from curvlab.optim.kronecker_solve import FactoredInverse, KroneckerSolveError, LayerSolver
 from curvlab.optim.step_scaling import kl_clip_scale, quadratic_step_scale
 
 __all__ = ["KFAC", "KroneckerCurvatureKind", "KroneckerDamping", "StepRescaling"]
@@ -110,6 +113,8 @@ class KFAC(CurvatureOptimizer):
         step_rescaling: ``"quadratic"``, ``"kl-clip"`` or ``"none"``; kl_clip: κ > 0.
         adaptive_damping: Levenberg–Marquardt adaptation of γ every ``damping_period`` steps;
         damping_min, damping_max: its bounds.
+        rescale_period: measure the quadratic α every ``rescale_period`` steps and reuse it in between
+            (amortises its JVP; 1 = every step).
         momentum: μ ∈ [0, 1).
         mc_samples: sampled targets per sample for ``"kfac"``; seed: seed of that sampling.
 
@@ -147,6 +152,7 @@ class KFAC(CurvatureOptimizer):
         damping_period: int = 5,
         damping_min: float = 1e-8,
         damping_max: float = 1e4,
+        rescale_period: int = 1,
         momentum: float = 0.0,
         mc_samples: int = 1,
         seed: int = 0,
@@ -165,6 +171,7 @@ class KFAC(CurvatureOptimizer):
             damping_period=check_int("damping_period", damping_period),
             damping_min=check_range("damping_min", damping_min, low=0.0),
             damping_max=check_range("damping_max", damping_max, low=0.0, low_inclusive=False),
+            rescale_period=check_int("rescale_period", rescale_period),
             momentum=check_range("momentum", momentum, low=0.0, high=1.0, high_inclusive=False),
             mc_samples=check_int("mc_samples", mc_samples),
         )
@@ -173,8 +180,19 @@ class KFAC(CurvatureOptimizer):
         from curvlab.partition import Partition
 
         self.partition = Partition.from_model(model, "layer")
+        self._slices = [self._as_slice(g.indices) for g in self.partition.groups]  # contiguous → no gather
+        ends = [0] + [w.stop for w in self._slices if isinstance(w, slice)]
+        self._tiled = (all(isinstance(w, slice) for w in self._slices) and ends[-1] == sum(p.numel() for p in self.params)
+                       and all(w.start == e for w, e in zip(self._slices, ends, strict=False)))
         self._generator = torch.Generator().manual_seed(check_int("seed", seed, low=0))
         self._solvers: dict | None = None  # layer -> LayerSolver; rebuilt lazily from "inverse_factors"
+
+    @staticmethod
+    def _as_slice(indices: torch.Tensor):
+        start = int(indices[0]) if len(indices) else 0
+        if torch.equal(indices, torch.arange(start, start + len(indices), device=indices.device)):
+            return slice(start, start + len(indices))
+        return indices
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
@@ -219,6 +237,7 @@ class KFAC(CurvatureOptimizer):
         group = self._group()
         group["damping"] = min(group["damping"] * 1.5, max(group["damping_max"], group["damping"]))
         self.global_state.pop("momentum_buffer", None)
+        self._solvers = None  # the raised damping takes effect at once
         return f"damping raised to {group['damping']:.3g}"
 
     # ------------------------------------------------------------------ statistics and inverses
@@ -233,18 +252,12 @@ class KFAC(CurvatureOptimizer):
             return compute(model, self.loss_fn, (inputs, targets), [name], partition="layer",
                            mc_samples=group["mc_samples"], generator=self._generator, progress=False)
 
-        try:
-            result = measure(self.model, inputs, targets)
-        except (torch.linalg.LinAlgError, NonFiniteError):
-            if not inputs.is_floating_point() or inputs.dtype == torch.float64:
-                raise
-            targets = targets.double() if targets.is_floating_point() else targets
-            result = measure(copy.deepcopy(self.model).double(), inputs.double(), targets)
-        factors = {}
-        for layer, block in result[name].layers.items():
-            if isinstance(block, torch.Tensor):
-                factors[layer] = {"block": block.detach().to(torch.float64)}
-            else:
+        def collect(result) -> dict[str, dict[str, torch.Tensor]]:
+            factors = {}
+            for layer, block in result[name].layers.items():
+                if isinstance(block, torch.Tensor):
+                    factors[layer] = {"block": block.detach().to(torch.float64)}
+                    continue
                 entry = {"A": block.A.detach().to(torch.float64), "G": block.G.detach().to(torch.float64)}
                 if block.scaling is not None:
                     entry["scaling"] = block.scaling.detach().to(torch.float64)
@@ -252,8 +265,18 @@ class KFAC(CurvatureOptimizer):
                     entry["q_a"] = torch.linalg.eigh(block.A.detach()).eigenvectors.to(torch.float64)
                     entry["q_g"] = torch.linalg.eigh(block.G.detach()).eigenvectors.to(torch.float64)
                 entry["bias"] = torch.tensor(block.bias)
+                if not all_finite(list(entry.values())):
+                    raise NonFiniteError(f"{name}: layer {layer!r}: non-finite factors or eigenbasis")
                 factors[layer] = entry
-        return factors
+            return factors
+
+        try:
+            return collect(measure(self.model, inputs, targets))
+        except (torch.linalg.LinAlgError, NonFiniteError):
+            if not inputs.is_floating_point() or inputs.dtype == torch.float64:
+                raise
+            targets = targets.double() if targets.is_floating_point() else targets
+            return collect(measure(copy.deepcopy(self.model).double(), inputs.double(), targets))
 
     def _blend(self, group, old, new):
         decay = 0.0 if group["curvature"] == KroneckerCurvatureKind.EKFAC.value else group["ema_decay"]
@@ -264,9 +287,12 @@ class KFAC(CurvatureOptimizer):
             for layer, entry in new.items()
         }
 
-    def _build_solvers(self, inverse_factors) -> dict:
+    def _build_solvers(self, inverse_factors, damping: float, dtype: torch.dtype) -> dict:
+        """One solver per layer: explicit damped inverses (factored damping, γ of this inverse update) or
+        float64 eigendecompositions (exact damping, EKFAC, dense blocks)."""
         from curvlab.repr import KroneckerFactors
 
+        factored = self._group()["damping_mode"] == KroneckerDamping.FACTORED.value
         solvers = {}
         for layer, entry in inverse_factors.items():
             if "block" in entry:
@@ -274,17 +300,24 @@ class KFAC(CurvatureOptimizer):
                 continue
             layout = KroneckerFactors(entry["A"], entry["G"], bias=bool(entry["bias"]), bias_convention="augmented",
                                       quantity=self._group()["curvature"], validate=False)
+            if factored and "scaling" not in entry:
+                solvers[layer] = FactoredInverse.build(layout, damping, dtype)
+                continue
             basis = (entry["q_a"], entry["q_g"]) if "scaling" in entry else None
             solvers[layer] = LayerSolver.from_factors(layout, entry.get("scaling"), basis)
         return solvers
 
     def _precondition(self, solvers, grad: torch.Tensor, damping: float, mode: str) -> tuple[torch.Tensor, list[float]]:
-        direction = torch.empty_like(grad)
-        pis = []
-        for group in self.partition.groups:
+        parts, pis = [], []
+        for group, where in zip(self.partition.groups, self._slices, strict=True):
             solver = solvers[group.name]
-            direction[group.indices] = solver.solve(grad[group.indices], damping, mode)
-            pis.append(math.nan if mode == "exact" else solver.pi)
+            parts.append(solver.solve(grad[where], damping, mode).to(grad.dtype))
+            pis.append(math.nan if mode == "exact" else float(solver.pi))
+        if self._tiled:  # contiguous groups in order, covering every parameter
+            return torch.cat(parts), pis
+        direction = torch.empty_like(grad)
+        for where, part in zip(self._slices, parts, strict=True):
+            direction[where] = part
         return direction, pis
 
     # ------------------------------------------------------------------ step
@@ -314,14 +347,18 @@ class KFAC(CurvatureOptimizer):
             if inverse_due:
                 inverse_factors = factors
             if inverse_due or solvers is None:
-                solvers = self._build_solvers(inverse_factors)
+                solvers = self._build_solvers(inverse_factors, damping, grad.dtype)
             direction, pis = self._precondition(solvers, grad, damping, mode)
         except (KroneckerSolveError, NonFiniteError, torch.linalg.LinAlgError, ValueError, FloatingPointError):
             return self._reject("curvature (its factors or their eigendecomposition)", loss)
         rescaling = StepRescaling(group["step_rescaling"])
-        if rescaling is StepRescaling.QUADRATIC:
+        curvature = None
+        rescale_due = "step_scale" not in state or (step - 1) % group["rescale_period"] == 0
+        if rescaling is StepRescaling.QUADRATIC and rescale_due:
             curvature = weighted_mean([quad.curvature_along(direction)], weight)[0]
             scale = quadratic_step_scale(direction, grad, curvature, damping)
+        elif rescaling is StepRescaling.QUADRATIC:
+            scale = float(state["step_scale"])  # amortised: the last measured α
         elif rescaling is StepRescaling.KL_CLIP:
             scale = kl_clip_scale(direction, grad, group["lr"], group["kl_clip"])
         else:
@@ -333,7 +370,10 @@ class KFAC(CurvatureOptimizer):
         measure = group["adaptive_damping"] and (step - 1) % group["damping_period"] == 0
         predicted = math.nan
         if measure and all_finite(update):
-            curv = weighted_mean([quad.curvature_along(update)], weight)[0]
+            if curvature is not None and (group["momentum"] == 0 or buf is None):  # update = −ηα d
+                curv = (group["lr"] * scale) ** 2 * curvature
+            else:
+                curv = weighted_mean([quad.curvature_along(update)], weight)[0]
             predicted = float(torch.dot(grad, update) + 0.5 * curv)
         self._statistics.update(
             damping=damping, step_scale=scale, pi=torch.tensor(pis),
@@ -346,6 +386,8 @@ class KFAC(CurvatureOptimizer):
         self._solvers = solvers
         if group["momentum"] > 0:
             state["momentum_buffer"] = update
+        if rescaling is StepRescaling.QUADRATIC and math.isfinite(scale):
+            state["step_scale"] = scale
         if measure and math.isfinite(predicted):
             after = self._evaluate(inputs, targets)
             if is_distributed():

@@ -48,7 +48,7 @@ def test_float32_kronecker_steps_are_never_rejected_nor_crash(curvature):
 
 def test_a_failed_eigendecomposition_is_a_rejected_step_not_a_crash(monkeypatch):
     model, loss_fn, x, y = tiny_mlp_regression(torch.float64)
-    opt = optim.KFAC(model, loss_fn)
+    opt = optim.KFAC(model, loss_fn, damping_mode="exact")  # the eigendecomposition route
     before = [p.detach().clone() for p in model.parameters()]
 
     def broken(*args, **kwargs):

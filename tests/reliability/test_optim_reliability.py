@@ -153,8 +153,10 @@ def test_an_interrupted_kfac_step_leaves_factors_and_parameters_untouched(where,
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    target = GaussNewtonQuadratic if where == "curvature_along" else optim.kronecker_solve.LayerSolver
-    monkeypatch.setattr(target, where, interrupt)
+    targets = ([GaussNewtonQuadratic] if where == "curvature_along"
+               else [optim.kronecker_solve.LayerSolver, optim.kronecker_solve.FactoredInverse])
+    for target in targets:
+        monkeypatch.setattr(target, where, interrupt)
     with pytest.raises(KeyboardInterrupt):
         opt.step(x[:16], y[:16])  # the statistics of this batch were computed before the interruption
     monkeypatch.undo()
@@ -170,8 +172,8 @@ def test_an_interrupted_kfac_step_leaves_factors_and_parameters_untouched(where,
 
 # ------------------------------------------------------------------ case 9: KFAC under torch.distributed
 
-PG_TIMEOUT_S = 10
-DEADLINE_S = 90
+PG_TIMEOUT_S = 30
+DEADLINE_S = 180
 STEPS = 3
 
 
@@ -219,8 +221,8 @@ def test_kfac_on_a_ddp_model_takes_identical_full_batch_steps_on_every_rank(tmp_
         while not ctx.join(timeout=1):
             if time.monotonic() > deadline:
                 break
-    except mp.ProcessRaisedException:
-        pass
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):
+        pass  # the outcomes recorded by each rank are checked below
     finally:
         for proc in ctx.processes:
             if proc.is_alive():

@@ -49,6 +49,8 @@ from curvlab.cli.common import (
 )
 
 DEFAULT_QUANTITIES = ("kfac", "kflr", "kfra", "ekfac", "diag_ggn", "diag_hessian", "ggn_block", "summary")
+#: Matrix-free runs leave exact dense blocks out of the default quantities when a block is larger.
+BLOCK_LIMIT = 4000
 SMOKE = {"steps": 4, "samples": 32, "limit": 200, "hidden": (6,), "measure_every": 4, "dampings": (1e-2, 1.0)}
 #: defaults that ``--smoke`` replaces (options given explicitly are kept)
 _SMOKE_REPLACES = {"steps": 300, "samples": 256, "limit": None, "hidden": (16, 16), "measure_every": None,
@@ -187,6 +189,12 @@ def run(args: argparse.Namespace) -> int:
                          f"dense reference would be [{size}, {size}] and cost O(P³). Use --method auto (the "
                          "default: matrix-free above the limit) or raise --dense-limit")
     curvlab.Partition.from_model(model, args.summary_partition)
+    largest = max(g.size for g in curvlab.Partition.from_model(model, args.partition).groups)
+    if method == "matrix-free" and args.quantities == ",".join(DEFAULT_QUANTITIES) and largest > BLOCK_LIMIT:
+        # exact dense blocks of this size cost largest² memory and largest³ per solve: not a default
+        quantities = [q for q in quantities if q not in ("ggn_block", "hessian_block")]
+        print(f"note: leaving ggn_block out of the default quantities (a block has {largest:,} parameters); "
+              "name it in --quantities to include it")
     out = prepare_output(args.out, args.overwrite)
     config = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
               for k, v in vars(args).items() if k != "run"}

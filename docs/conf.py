@@ -82,7 +82,7 @@ def _plain_maths(app, what, name, obj, options, lines) -> None:
 def _literal_if_malformed(lines) -> None:
     """Show a simple table whose text runs into the column gaps as a literal block (RST would reject it)."""
     borders = [i for i, line in enumerate(lines) if re.fullmatch(r"\s*=+( +=+)+\s*", line)]
-    for start, end in zip(borders[::3], borders[2::3]):
+    for start, end in zip(borders[::3], borders[2::3], strict=False):
         border = lines[start]
         if start >= 2 and lines[start - 2].strip() == "::":
             continue

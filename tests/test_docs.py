@@ -10,7 +10,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def test_docs_build_without_warnings(tmp_path):
-    from sphinx.cmd.build import build_main  # sphinx and myst-parser are [dev] dependencies: never skipped
+    from sphinx.cmd.build import (
+        build_main,  # sphinx and myst-parser are [dev] dependencies: never skipped
+    )
 
     code = build_main(["-b", "html", "-W", "--keep-going", "-q", "-d", str(tmp_path / "doctrees"), str(DOCS),
                        str(tmp_path / "html")])

@@ -33,7 +33,6 @@ import torch
 from scipy.sparse.linalg import LinearOperator, minres
 
 from curvlab.analysis.lanczos import restricted_operator
-from curvlab.analysis.probes import apply
 from curvlab.errors import CurvlabError
 from curvlab.operators.cg import CGSettings, conjugate_gradient
 
@@ -125,7 +124,9 @@ class ExactSteps:
         p = z.clone()
         rz = float(r @ z)
         target = RTOL * float(b.norm())
-        for iteration in range(1, maxiter + 1):
+        iteration = 0
+        while iteration < maxiter:
+            iteration += 1
             ap = product(p)
             curvature = float(p @ ap)
             if curvature <= 0:

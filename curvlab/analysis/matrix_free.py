@@ -85,7 +85,7 @@ def compare_matrix_free(
         block_steps: also the step metrics of each diagonal block (one more CG solve per block and damping);
             by default only the whole matrix's (the per-block rows are NaN).
     """
-    from curvlab.analysis.comparison import STEP_METRICS, _LONG_NAMES, _summary_variables
+    from curvlab.analysis.comparison import _LONG_NAMES, STEP_METRICS, _summary_variables
     from curvlab.analysis.steps import summary_steps
 
     size = _size(exact)

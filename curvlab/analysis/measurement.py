@@ -33,7 +33,13 @@ import xarray as xr
 from torch import nn
 
 from curvlab import reference as _reference
-from curvlab.analysis.comparison import DEFAULT_DAMPINGS, DENSE_LIMIT, SummaryInput, choose_method, compare
+from curvlab.analysis.comparison import (
+    DEFAULT_DAMPINGS,
+    DENSE_LIMIT,
+    SummaryInput,
+    choose_method,
+    compare,
+)
 from curvlab.analysis.interactions import summary_matrix
 from curvlab.analysis.matrices import block_indices
 from curvlab.data import iter_batches

@@ -168,7 +168,12 @@ def run(args: argparse.Namespace) -> int:
     """Run ``curvlab analyze``; returns the exit code."""
     import sys
 
-    from curvlab.cli.analysis_outputs import group_labels, write_curvature, write_figures, write_summary
+    from curvlab.cli.analysis_outputs import (
+        group_labels,
+        write_curvature,
+        write_figures,
+        write_summary,
+    )
 
     start = time.perf_counter()
     quantities = _validate(args)

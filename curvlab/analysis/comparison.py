@@ -105,6 +105,7 @@ def compare(
     seed: int = 0,
     progress: bool = False,
     block_steps: bool = False,
+    block_spectra: bool = False,
 ) -> xr.Dataset:
     """Compare every approximation with ``exact`` (see the module docstring for the layout).
 
@@ -121,7 +122,7 @@ def compare(
         method: ``"dense"`` (exact metrics from the [P, P] matrices), ``"matrix-free"`` (products only, with
             error bars: :func:`~curvlab.analysis.matrix_free.compare_matrix_free`) or ``"auto"``: dense up to
             ``dense_limit`` parameters. The dataset's ``method`` attribute says which was used.
-        num_probes, seed, progress, block_steps: of the matrix-free metrics (probes per block, default 30;
+        num_probes, seed, progress, block_steps, block_spectra: of the matrix-free metrics (probes per block, default 30;
             per-block step metrics, off by default: see :func:`~curvlab.analysis.matrix_free.compare_matrix_free`).
     """
     size = int(exact.shape[0])
@@ -130,7 +131,8 @@ def compare(
 
         return compare_matrix_free(exact, approximations, gradient, partition=partition, dampings=dampings, k=k,
                                    metrics=metrics, summary=summary, num_probes=num_probes or DEFAULT_PROBES,
-                                   seed=seed, progress=progress, block_steps=block_steps, attrs=attrs)
+                                   seed=seed, progress=progress, block_steps=block_steps,
+                                   block_spectra=block_spectra, attrs=attrs)
     e = as_dense(exact, "exact")
     size = e.shape[0]
     blocks = block_indices(partition, size) if partition is not None else []

@@ -41,7 +41,7 @@ __all__ = ["ExactSteps", "approximate_steps"]
 #: Relative residual tolerance of the exact step solves.
 RTOL = 1e-6
 #: At most this many iterations per exact solve.
-MAXITER = 500
+MAXITER = 300
 
 
 class ExactSteps:
@@ -66,11 +66,12 @@ class ExactSteps:
         self.indefinite = indefinite
         self.operator = restricted_operator(exact, rows, size)
         n = rows.numel()
-        steps, residuals = [], []
-        for lam in self.lambdas:
-            d, r = self._solve(lam, n)
-            steps.append(d)
-            residuals.append(r)
+        steps, residuals = [None] * len(self.lambdas), [float("nan")] * len(self.lambdas)
+        previous = None
+        # largest damping first: each solution warm-starts the next, smaller damping
+        for i in sorted(range(len(self.lambdas)), key=lambda j: -self.lambdas[j]):
+            steps[i], residuals[i] = self._solve(self.lambdas[i], n, previous)
+            previous = steps[i] if bool(torch.isfinite(steps[i]).all()) else None
         self.steps = torch.stack(steps)                       # [D, n]
         self.residual_norms = np.array(residuals)            # ‖(E + λI)d + g‖
         self.best = self.decrease(self.steps)                 # m(0) − m(d*)
@@ -89,37 +90,37 @@ class ExactSteps:
             return None
         return apply if bool(torch.isfinite(probe).all()) else None
 
-    def _solve(self, lam: float, n: int) -> tuple[torch.Tensor, float]:
+    def _solve(self, lam: float, n: int, x0: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         b = -self.g
         maxiter = min(10 * n, MAXITER)
         precondition = None if self.indefinite else self._precondition(lam)
         if self.indefinite:
             shifted = LinearOperator((n, n), matvec=lambda v: self.operator.matvec(v) + lam * v, dtype=np.float64)
             count = [0]  # no preconditioner: MINRES needs an SPD one, and an approximation of a Hessian may not be
-            x, _ = minres(shifted, b.numpy(), rtol=RTOL, maxiter=maxiter,
+            x, _ = minres(shifted, b.numpy(), x0=None if x0 is None else x0.numpy(), rtol=RTOL, maxiter=maxiter,
                           callback=lambda _x: count.__setitem__(0, count[0] + 1))
             self.iterations.append(count[0])
             d = torch.from_numpy(np.asarray(x, dtype=np.float64))
         else:
             try:
-                d = self._pcg(b, lam, maxiter, precondition)
+                d = self._pcg(b, lam, maxiter, precondition, x0)
             except torch.linalg.LinAlgError:
                 return torch.full_like(b, float("nan")), float("nan")
         residual = torch.from_numpy(self.operator.matvec(d.numpy())) + lam * d - b
         return d, float(residual.norm())
 
-    def _pcg(self, b: torch.Tensor, lam: float, maxiter: int, precondition) -> torch.Tensor:
-        """Conjugate gradient on (E + λI)x = b, preconditioned by ``precondition`` ≈ (E + λI)⁻¹ (SPD) if given."""
+    def _pcg(self, b: torch.Tensor, lam: float, maxiter: int, precondition, x0=None) -> torch.Tensor:
+        """Conjugate gradient on (E + λI)x = b from ``x0``, preconditioned by ``precondition`` ≈ (E + λI)⁻¹ (SPD)."""
         def product(v):
             return torch.from_numpy(self.operator.matvec(v.numpy())) + lam * v
 
         if precondition is None:
             result = conjugate_gradient(lambda v: torch.from_numpy(self.operator.matvec(v.numpy())), b, lam,
-                                        CGSettings(rtol=RTOL, maxiter=maxiter, warn=False))
+                                        CGSettings(rtol=RTOL, maxiter=maxiter, warn=False), x0=x0)
             self.iterations.append(result.iterations)
             return result.solution
-        x = torch.zeros_like(b)
-        r = b.clone()
+        x = torch.zeros_like(b) if x0 is None else x0.clone()
+        r = b.clone() if x0 is None else b - product(x)
         z = precondition(r)
         p = z.clone()
         rz = float(r @ z)

@@ -39,7 +39,7 @@ DENSE_BLOCK = 256
 #: Relative accuracy asked of Lanczos (``eigsh`` tol); the reported error bars come from the residuals.
 LANCZOS_TOL = 1e-6
 #: The same for spectral norms (their residual bound is reported beside them).
-NORM_TOL = 1e-4
+NORM_TOL = 1e-3
 
 
 def restricted_operator(matrix, rows: torch.Tensor, size: int, minus=None) -> LinearOperator:

@@ -70,6 +70,7 @@ def compare_matrix_free(
     seed: int = 0,
     progress: bool = False,
     block_steps: bool = False,
+    block_spectra: bool = False,
     attrs: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Compare approximations with ``exact`` through products (layout: module docstring and ``compare``).
@@ -84,6 +85,9 @@ def compare_matrix_free(
         progress: show a tqdm bar over the stages of the measurement.
         block_steps: also the step metrics of each diagonal block (one more CG solve per block and damping);
             by default only the whole matrix's (the per-block rows are NaN).
+        block_spectra: also the spectral metrics (Lanczos on C_bb − A_bb and on A_bb) of blocks larger than
+            :data:`~curvlab.analysis.lanczos.DENSE_BLOCK`; by default those of the whole matrix and of the small
+            blocks (materialised) only, the others NaN.
     """
     from curvlab.analysis.comparison import _LONG_NAMES, STEP_METRICS, _summary_variables
     from curvlab.analysis.steps import summary_steps
@@ -112,8 +116,13 @@ def compare_matrix_free(
     bar.update()
     rows_of = [*blocks, all_rows]
     spectral = Metric.REL_SPECTRAL_ERROR in metric_list or Metric.EIGENSPACE_OVERLAP in metric_list
-    exact_facts = [SpectralFacts.of(exact, rows, k, size=size, generator=generator) for rows in rows_of] \
-        if spectral else []
+    from curvlab.analysis import lanczos
+
+    def spectral_block(b: int) -> bool:
+        return b == len(rows_of) - 1 or block_spectra or rows_of[b].numel() <= lanczos.DENSE_BLOCK
+
+    exact_facts = [SpectralFacts.of(exact, rows, k, size=size, generator=generator) if spectral_block(b) else None
+                   for b, rows in enumerate(rows_of)] if spectral else []
     for a, (name, approx) in enumerate(approximations.items()):
         bar.set_postfix_str(name)
         if tuple(approx.shape) != (size, size):
@@ -130,6 +139,8 @@ def compare_matrix_free(
                 mq[a, :, m], mq_err[a, :, m] = cos, cos_err
             elif metric is Metric.REL_SPECTRAL_ERROR:
                 for b, (rows, facts) in enumerate(zip(rows_of, exact_facts, strict=True)):
+                    if facts is None:
+                        continue
                     bound = fro[b] + 4 * fro_err[b]
                     if bound < 1e-8:  # ‖D‖₂ ≤ ‖D‖_F ≈ 0: the block is exact (and Lanczos on D would crawl)
                         mq[a, b, m], mq_err[a, b, m] = 0.0, bound * _fro_norm(sketch, b) / facts.norm
@@ -140,6 +151,8 @@ def compare_matrix_free(
                                                              facts.norm_error / facts.norm)
             else:
                 for b, (rows, facts) in enumerate(zip(rows_of, exact_facts, strict=True)):
+                    if facts is None:
+                        continue
                     mine = SpectralFacts.of(approx, rows, k, size=size, generator=generator)
                     mq[a, b, m], mq_err[a, b, m] = overlap(facts, mine)
         bar.update()
@@ -153,7 +166,8 @@ def compare_matrix_free(
                 "metric_long_name": ("metric", [_LONG_NAMES[m.value] for m in metric_list])},
         attrs={**dict(attrs or {}), "top_k": int(k), "method": "matrix-free", "num_probes": int(num_probes),
                "exact_products_sketch": int(sketch.num_products),
-               "step_solver": "minres" if indefinite else "cg"},
+               "step_solver": "minres" if indefinite else "cg", "block_steps": int(block_steps),
+               "block_spectra": int(block_spectra)},
     )
     if g is not None:
         bar.set_postfix_str("steps")

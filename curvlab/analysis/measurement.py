@@ -212,6 +212,7 @@ def measure(
     num_probes: int | None = None,
     progress: bool = False,
     block_steps: bool = False,
+    block_spectra: bool = False,
 ) -> Measurement:
     """Exact ``reference`` vs ``approximations`` of ``model`` on ``data`` (an ``(inputs, targets)`` pair or batches).
 
@@ -228,7 +229,7 @@ def measure(
             as an operator of :mod:`curvlab.operators`, metrics with error bars) or ``"auto"``: dense up to
             ``dense_limit`` parameters. Matrix-free, the reference is not kept in ``curvature``, ``eigenvalues``
             are its top ``k`` (Lanczos), and approximations the engine cannot compute are skipped.
-        num_probes, progress, block_steps: of the matrix-free metrics (:func:`~curvlab.analysis.compare`).
+        num_probes, progress, block_steps, block_spectra: of the matrix-free metrics (:func:`~curvlab.analysis.compare`).
 
     Raises:
         ValueError: an unknown reference or approximation name.
@@ -276,6 +277,7 @@ def measure(
         curvature[name] = approx[name]
     ds = compare(exact, approx, gradient, partition=part, dampings=dampings, k=k, summary=summary,
                  method=chosen, num_probes=num_probes, seed=seed, progress=progress, block_steps=block_steps,
+                 block_spectra=block_spectra,
                  attrs={**base_attrs, "reference": reference, "partition": part.to_json(),
                         "sources": json.dumps(sources), "skipped": json.dumps(skipped)})
     if eigenvalues:

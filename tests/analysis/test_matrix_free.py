@@ -25,7 +25,7 @@ def _both(case_name: str, reference: str, approximations, monkeypatch, *, batch_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CurvlabWarning)
         dense = measure(model, loss_fn, (x, y), method="dense", **kwargs).quality
-        free = measure(model, loss_fn, (x, y), method="matrix-free", num_probes=60, block_steps=True,
+        free = measure(model, loss_fn, (x, y), method="matrix-free", num_probes=60, block_steps=True, block_spectra=True,
                        **kwargs).quality
     return dense, free
 

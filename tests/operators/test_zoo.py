@@ -66,6 +66,7 @@ def relative_error(actual, expected):
 @pytest.mark.parametrize("zoo", ZOO, ids=lambda c: c.name)
 def test_operator_products(zoo, name):
     model, loss_fn, x, y = zoo.build(BATCH)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     op = OPERATORS[name](model, loss_fn, (x, y))
     matrix = expected_matrix(name, op, model, loss_fn, x, y)
     gen = torch.Generator().manual_seed(1)
@@ -75,6 +76,7 @@ def test_operator_products(zoo, name):
         assert err < 1e-8, f"product {k + 1}: relative error {err:.1e}"
     block = torch.randn(op.shape[0], 3, dtype=torch.float64, generator=gen)
     assert relative_error(op @ block, matrix @ block) < 1e-8
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # buffers untouched
 
 
 @pytest.mark.parametrize("zoo", ZOO, ids=lambda c: c.name)

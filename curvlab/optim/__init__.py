@@ -8,6 +8,9 @@ Pure maths pieces (no state; conjugate gradient is :mod:`curvlab.operators.cg`, 
 * :mod:`~curvlab.optim.step_scaling` – quadratic-model step rescaling and KL clipping;
 * :mod:`~curvlab.optim.hyperparameters` – validation (:class:`HyperparameterError` names the culprit);
 * :mod:`~curvlab.optim.linear_layers` – a hook context manager recording ``nn.Linear`` inputs/gradients;
+* :mod:`~curvlab.optim.kronecker_solve` – float64 damped Kronecker solves (π on the input factor);
+* :mod:`~curvlab.optim.distributed` – rank-averaging for identical data-parallel steps;
+* :mod:`~curvlab.optim.tuning` – biased random search for hyperparameters (George);
 
 and thin :class:`torch.optim.Optimizer` wrappers, one per file, all built as ``(model, loss_fn,
 **hyperparameters)`` and stepped with ``step(inputs, targets) -> loss`` (the loss before the update).
@@ -51,6 +54,8 @@ _PUBLIC = {
     "DirectionUpdater": "curvlab.optim.newton_summary",
     "quadratic_step_scale": "curvlab.optim.step_scaling",
     "kl_clip_scale": "curvlab.optim.step_scaling",
+    "biased_random_search": "curvlab.optim.tuning",
+    "TuningResult": "curvlab.optim.tuning",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -45,16 +45,38 @@ CHUNK = 256
 
 @dataclass
 class LayerCalls:
-    """The recorded calls of one adapted layer in one forward pass."""
+    """The recorded calls of one adapted layer in one forward pass.
+
+    The normal form X is built on access from the recorded call arguments (a convolution's unfolded
+    patches are S·k times its input: only one layer's exist at a time). An argument modified in place
+    after the call (its version counter moved) is an error, never a silently different X.
+    """
 
     plan: LayerPlan
-    inputs: list[torch.Tensor] = field(default_factory=list)  # X per call, [N, S_c, I]
+    args: list[tuple] = field(default_factory=list)  # (args, kwargs, versions) per call
     outputs: list[torch.Tensor] = field(default_factory=list)  # live outputs per call
+
+    @property
+    def inputs(self) -> list[torch.Tensor]:
+        """X per call, [N, S_c, I]."""
+        out = []
+        for (args, kwargs, versions), output in zip(self.args, self.outputs, strict=True):
+            now = [a._version if isinstance(a, torch.Tensor) else None for a in args]
+            if now != versions:
+                from curvlab.errors import UnsupportedModuleError  # noqa: PLC0415
+
+                raise UnsupportedModuleError(
+                    f"the input of layer {self.plan.name!r} was modified in place after the layer ran; "
+                    "clone it before the in-place operation"
+                )
+            out.append(self.plan.adapter.inputs(self.plan.module, args, kwargs, output))
+        return out
 
     @property
     def X(self) -> torch.Tensor:
         """[N, S, I], the calls' positions concatenated."""
-        return self.inputs[0] if len(self.inputs) == 1 else torch.cat(self.inputs, 1)
+        inputs = self.inputs
+        return inputs[0] if len(inputs) == 1 else torch.cat(inputs, 1)
 
 
 @contextlib.contextmanager
@@ -186,7 +208,9 @@ class Collector:
             watch.paused = True
             try:
                 calls = self.calls.setdefault(plan.name, LayerCalls(plan))
-                calls.inputs.append(plan.adapter.inputs(module, args, kwargs, output))
+                detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+                versions = [a._version if isinstance(a, torch.Tensor) else None for a in detached]
+                calls.args.append((detached, dict(kwargs), versions))
                 live = output.clone()  # downstream in-place ops act on the clone, never on `output`
             finally:
                 watch.paused = False

@@ -27,7 +27,7 @@ from curvlab.distributed import shared_failure
 from curvlab.engine.hooks import CurvatureHooks
 from curvlab.engine.quantities import Quantity, Source, parse_quantities
 from curvlab.engine.result import Curvature, assemble, kronecker_factors
-from curvlab.engine.route import rules_support
+from curvlab.engine.route import prefer_rules
 from curvlab.engine.statistics import BatchStatistics
 from curvlab.errors import UnsupportedLossError, UnsupportedModuleError
 from curvlab.losses import loss_adapter
@@ -70,8 +70,8 @@ def compute(
             ``{"fc": "kflr", "*norm*": "diag"}`` (:class:`curvlab.estimators.EstimatorConfig`).
         weight_sharing: ``"expand"`` or ``"reduce"``: Kronecker factors of layers whose weight is shared
             by S positions (tokens, patches); see :mod:`curvlab.estimators.config` for when each is exact.
-        route: ``"auto"`` (the hand-written rule engine where it supports the model, it is the faster
-            one there; otherwise the collector), ``"collector"`` (any model: :mod:`curvlab.collector`)
+        route: ``"auto"`` (the hand-written rule engine where it supports the model and is the faster
+            one, :func:`curvlab.engine.route.prefer_rules`; otherwise the collector), ``"collector"`` (any model: :mod:`curvlab.collector`)
             or ``"rules"`` (:class:`~curvlab.engine.hooks.CurvatureHooks`; ``kfra`` needs it).
 
     Returns:
@@ -93,7 +93,7 @@ def compute(
     if route not in ("auto", "collector", "rules"):
         raise ValueError(f"route must be 'auto', 'collector' or 'rules', got {route!r}")
     use_rules = route == "rules" or (
-        route == "auto" and not approximations and weight_sharing == "expand" and rules_support(model, qs)
+        route == "auto" and not approximations and weight_sharing == "expand" and prefer_rules(model, qs)
     )
     if not use_rules:
         from curvlab.engine.collector_route import compute_collected  # noqa: PLC0415  (estimators import the engine)

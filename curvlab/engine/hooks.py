@@ -101,9 +101,7 @@ class CurvatureHooks:
         self.quantities = parse_quantities(quantities)
         self.ekfac_factors = dict(ekfac_factors or {})
         basis = {
-            # in float64: float32 eigh fails to converge on the ill-conditioned factors of ReLU/pooling layers
-            layer: (torch.linalg.eigh(A.double()).eigenvectors.to(A.dtype),
-                    torch.linalg.eigh(G.double()).eigenvectors.to(G.dtype))
+            layer: (factor_eigenvectors(A), factor_eigenvectors(G))
             for layer, (A, G) in self.ekfac_factors.items()
         }
         self.config = EngineConfig(mc_samples, generator, basis or None)
@@ -276,6 +274,25 @@ class CurvatureHooks:
                 self.adapter.output_hessian(outputs),
             )
         return stats
+
+
+def factor_eigenvectors(matrix: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors of a symmetric Kronecker factor (EKFAC's basis), in the factor's dtype.
+
+    ``eigh`` in the factor's dtype first; float64 where it fails to converge (float32 does on the
+    ill-conditioned input factors of ReLU/pooling layers) or returns non-finite values.
+
+    Example:
+        >>> factor_eigenvectors(torch.eye(2)).abs().tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
+    """
+    try:
+        vectors = torch.linalg.eigh(matrix).eigenvectors
+        if bool(torch.isfinite(vectors).all()):
+            return vectors
+    except RuntimeError:  # torch.linalg.LinAlgError: no convergence
+        pass
+    return torch.linalg.eigh(matrix.double()).eigenvectors.to(matrix.dtype)
 
 
 def _grad_catcher(record: Record):

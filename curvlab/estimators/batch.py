@@ -76,9 +76,9 @@ def settle(col: Collector, state: RunState, outputs: torch.Tensor) -> None:
             reason = f"{type(lp.module).__qualname__} whose forward is not called (its weights are used functionally)"
         elif lp.name in col.used_outside:
             reason = f"its parameters are also used outside its call (by {col.used_outside[lp.name]})"
-        elif any(x.shape[0] != outputs.shape[0] for x in col.calls[lp.name].inputs):
-            shape = next(tuple(x.shape) for x in col.calls[lp.name].inputs if x.shape[0] != outputs.shape[0])
-            reason = f"a call without the batch dimension (normal-form input {shape}, batch {outputs.shape[0]})"
+        elif any(o.shape[0] != outputs.shape[0] for o in col.calls[lp.name].outputs):
+            shape = next(tuple(o.shape) for o in col.calls[lp.name].outputs if o.shape[0] != outputs.shape[0])
+            reason = f"a call without the batch dimension (output {shape}, batch {outputs.shape[0]})"
         if reason is not None:
             state.demoted[lp.name] = reason
             state.layers = state.layers.demote(lp.name, reason)
@@ -121,20 +121,17 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
         if mask is not None:
             V = V * mask.unsqueeze(1)
         adapted = {t.layer for t in group if plans[t.layer].adapter is not None}
-        G: dict[str, torch.Tensor] = {}
-        if state.coupled is None:  # first batch: the probe rides along with the first column pass
-            names = sorted(lp.name for lp in state.layers.adapted())
-            both = col.columns(outputs, torch.cat([V, _probe(outputs)], 1), names)
-            _decide_coupling(state, {name: g[:, -1] for name, g in both.items()})
-            G = {name: g[:, :-1] for name, g in both.items()}
+        probe = state.coupled is None  # first batch: the probe rides along with the first column pass
+        if probe:
+            _column_tasks(col, state, outputs, V, [], sorted(lp.name for lp in state.layers.adapted()), plans,
+                          stats, config, basis, probe=True)
         as_rows = {t.layer for t in group if t.layer in adapted and state.coupled and t.kind in _EXACT}
-        as_cols = sorted({t.layer for t in group if t.layer in adapted and t.layer not in as_rows
-                          or t.layer in adapted and t.kind in ("kron", "ekfac")} - set(G))
-        if as_cols:
-            G.update(col.columns(outputs, V, as_cols))
+        column_tasks = [t for t in group if t.layer in adapted and not (t.layer in as_rows and t.kind in _EXACT)]
         generic = sorted({t.layer for t in group if t.layer not in adapted})
-        gammas: dict[str, torch.Tensor] = {}
+        _column_tasks(col, state, outputs, V, column_tasks, sorted({t.layer for t in column_tasks}), plans,
+                      stats, config, basis)
         if as_rows or generic:
+            gammas: dict[str, torch.Tensor] = {}
             params = [p for layer in generic for _, p in state.layers.parameters_of(layer)]
             Gr, grads = col.rows(outputs, row_seeds(V), sorted(as_rows), params)
             i = 0
@@ -144,24 +141,58 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
                 i += count
             for layer, g in Gr.items():
                 gammas[layer] = layer_gradients(plans[layer], col.calls[layer].X, g, rows=True)
-        for task in group:
-            _run_task(task, plans[task.layer], col, G, gammas, stats, config, basis)
+            for task in group:
+                if task.layer in generic or (task.layer in as_rows and task.kind in _EXACT):
+                    _run_task(task, plans[task.layer], col, {}, gammas, stats, config, basis)
     if state.coupled is None:
         state.coupled = False  # no factor source needed (Hessian quantities only)
     return stats
 
 
+#: bytes of output-side factors G (all column-mode layers) per vectorised backward pass
+CHUNK_BYTES = 8 * 2**20
+
+
+def _column_tasks(col: Collector, state: RunState, outputs, V, tasks, layers, plans, stats, config, basis,
+                  probe: bool = False) -> None:
+    """Run column-mode ``tasks`` on G of ``layers``, in chunks of columns where the statistics are sums
+    over columns (everything but the full factor's rows), so that G of all layers never exists at once."""
+    if not layers:
+        return
+    if probe:  # one probe column only: decides the coupling before any statistic is computed
+        G = col.columns(outputs, _probe(outputs), layers)
+        _decide_coupling(state, {name: g[:, 0] for name, g in G.items()})
+        return
+    per_column = sum(t.numel() for name in layers for t in col.calls[name].outputs) * outputs.element_size()
+    cols = V.shape[1]
+    chunk = cols if any(t.kind == "rows" for t in tasks) else max(1, min(cols, CHUNK_BYTES // max(per_column, 1)))
+    for start in range(0, cols, chunk):
+        G = col.columns(outputs, V[:, start:start + chunk], layers)
+        if chunk == cols:
+            for task in tasks:
+                _run_task(task, plans[task.layer], col, G, {}, stats, config, basis)
+            return
+        part = BatchStatistics(stats.normalizer, stats.count)
+        part.inputs = stats.inputs  # input factors once, shared by all chunks
+        for task in tasks:
+            _run_task(task, plans[task.layer], col, G, {}, part, config, basis)
+        for key, value in part.sums.items():
+            stats.sums[key] = value if key not in stats.sums else stats.sums[key] + value
+        del G, part
+
+
 def _run_task(task: Task, lp, col: Collector, G, gammas, stats: BatchStatistics, config, basis) -> None:
     key_name, layer = task.quantity, task.layer
     if task.kind in ("kron", "ekfac"):
-        X, g = col.calls[layer].X, G[layer]
+        g = G[layer]
         if task.kind == "kron":
-            add_input_factor(stats, lp, X, config.weight_sharing)
+            if layer not in stats.inputs:  # X (a convolution's patches) only when needed
+                add_input_factor(stats, lp, col.calls[layer].X, config.weight_sharing)
             add_output_factor(stats, (key_name, layer, "G"), g, config.weight_sharing)
         else:
             if basis is None or layer not in basis:
                 raise ValueError(f"ekfac needs the KFLR eigenbasis of layer {layer!r} (a first pass)")
-            add_ekfac(stats, (key_name, layer, "scaling"), lp, X, g, *basis[layer])
+            add_ekfac(stats, (key_name, layer, "scaling"), lp, col.calls[layer].X, g, *basis[layer])
         return
     gamma = gammas.get(layer)
     X = col.calls[layer].X if layer in col.calls and lp.adapter is not None else None

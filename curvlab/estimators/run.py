@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -19,6 +18,7 @@ from curvlab.collector import Collector, plan_layers
 from curvlab.data import Data, is_single_batch, iter_batches
 from curvlab.distributed import shared_failure
 from curvlab.engine.accumulate import Accumulator
+from curvlab.engine.hooks import factor_eigenvectors
 from curvlab.engine.quantities import Form, Quantity, Source
 from curvlab.engine.statistics import BatchStatistics
 from curvlab.errors import UnsupportedModuleError
@@ -52,18 +52,12 @@ def collect(model: nn.Module, loss: LossAdapter, data: Data, quantities: Sequenc
         for lp in state.layers.adapted():
             if ("ekfac", lp.name, "G") in stats.sums:
                 A, G = stats.inputs[lp.name], stats.sums[("ekfac", lp.name, "G")]
-                basis[lp.name] = (_eigenvectors(A), _eigenvectors(G))
+                basis[lp.name] = (factor_eigenvectors(A), factor_eigenvectors(G))
         refit, _ = _pass(model, loss, data, [Quantity.EKFAC], config, state, {"batches": 0, "batch_size": None},
                          progress, basis)
         stats.sums.update({k: v for k, v in refit.sums.items() if k[2] == "scaling"})
     info.update(layers=state.layers, plan=plan, state=state)
     return stats, info
-
-
-def _eigenvectors(matrix: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors of a symmetric factor, computed in float64 (float32 ``eigh`` fails on the ill-conditioned
-    input factors of ReLU/pooling layers), returned in the factor's dtype."""
-    return torch.linalg.eigh(matrix.double()).eigenvectors.to(matrix.dtype)
 
 
 @shared_failure("curvlab.compute")  # under torch.distributed: a rank that raises tells the others

@@ -22,13 +22,15 @@ model stays a deterministic function (curvature of a random function is not defi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from tests.cases import Case, mlp, small_cnn
 
-__all__ = ["ZOO", "ZOO_BY_NAME", "zoo_case"]
+__all__ = ["ZOO", "ZOO_BY_NAME", "zoo_case", "zoo_reference"]
 
 CLASSES = 3
 VOCAB, SEQ = 7, 5
@@ -391,3 +393,14 @@ if __name__ == "__main__":  # a quick inventory: python -m tests.zoo
         model, loss, x, y = case.build(batch_size=4)
         out = model(x)
         print(f"{case.name:28s} P={num_params(model):5d} out={tuple(out.shape)} loss={loss(out, y):.3f}")
+
+
+@functools.cache
+def zoo_reference(name: str, quantity: str, batch_size: int = 4) -> torch.Tensor:
+    """The dense reference ``quantity`` (``"hessian"``, ``"ggn"``, ``"empirical_fisher"``) of zoo entry
+    ``name`` at ``batch_size`` (seed 0), computed once per test process: the models are seeded, so every
+    ``build`` gives the same matrix. Callers must not modify the result."""
+    from curvlab import reference
+
+    model, loss_fn, x, y = ZOO_BY_NAME[name].build(batch_size)
+    return getattr(reference, quantity)(model, loss_fn, x, y)

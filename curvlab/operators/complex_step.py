@@ -33,9 +33,9 @@ from torch import nn
 from curvlab.data import Data
 from curvlab.errors import UnsupportedModuleError
 from curvlab.losses import LossAdapter
+from curvlab.losses.elementary import elementary_loss
 from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.operators.complex_ops import exact_complex_ops
-from curvlab.losses.elementary import elementary_loss
 from curvlab.operators.model_operator import ModelCurvatureOperator
 from curvlab.partition import Partition, PartitionSpec
 

@@ -22,7 +22,6 @@ import json
 import torch
 from torch import nn
 
-
 from curvlab.autodiff import reverse_jacobian
 from curvlab.data import Data
 from curvlab.guards import check_finite, get_memory_budget

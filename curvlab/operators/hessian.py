@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vmap
 
+from curvlab.autodiff import quiet_forward_ad
 from curvlab.data import Data
 from curvlab.losses import LossAdapter
-from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.losses.elementary import elementary_loss
-from curvlab.autodiff import quiet_forward_ad
+from curvlab.operators.cg import DEFAULT_CG, CGSettings
 from curvlab.operators.model_operator import ModelCurvatureOperator
 from curvlab.partition import Partition, PartitionSpec
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from curvlab.autodiff import reverse_jacobian
 from curvlab.guards import check_dense_allocation, check_finite
 from curvlab.losses import LossAdapter
 from curvlab.reference.functional import BatchSum, FlatModel, checked_outputs, reference_batches
@@ -151,51 +152,3 @@ def sample_jacobians(flat: FlatModel, inputs: torch.Tensor, what: str) -> torch.
     check_dense_allocation((outputs.numel(), flat.num_params), flat.dtype, f"{what}: Jacobian")
     rows = reverse_jacobian(lambda theta: flat(theta, inputs), flat.theta)
     return rows.view(outputs.shape[0], -1, flat.num_params)
-
-
-#: Elements of one chunk of batched vector-Jacobian products (rows × P), about 128 MB in float64.
-_CHUNK_ELEMENTS = 2**24
-
-
-def reverse_jacobian(function, theta: torch.Tensor) -> torch.Tensor:
-    """[K, P]: the Jacobian of ``function`` (θ [P] ↦ any tensor, K entries) by reverse-mode autograd.
-
-    One forward pass; the K vector–Jacobian products with unit cotangents are taken in chunks as
-    batched backward passes (``is_grads_batched``), or one by one where an op has no batching rule.
-    Plain autograd is exact for every op, including in-place ones.
-
-    Example:
-        >>> f = lambda t: torch.stack([t[0] * t[1], t[1] ** 2])
-        >>> reverse_jacobian(f, torch.tensor([2.0, 3.0]))
-        tensor([[3., 2.],
-                [0., 6.]])
-    """
-    leaf = theta.detach().clone().requires_grad_()
-    with torch.enable_grad():
-        values = function(leaf).reshape(-1)
-    size = values.numel()
-    out = torch.zeros(size, leaf.numel(), dtype=leaf.dtype, device=leaf.device)
-    if not values.requires_grad:
-        return out
-    chunk = max(1, min(size, _CHUNK_ELEMENTS // max(leaf.numel(), size)))
-    batched = True
-    for start in range(0, size, chunk):
-        stop = min(start + chunk, size)
-        seeds = torch.zeros(stop - start, size, dtype=values.dtype, device=values.device)
-        seeds[torch.arange(stop - start), torch.arange(start, stop)] = 1
-        if batched:
-            try:
-                (rows,) = torch.autograd.grad(
-                    values, leaf, seeds, retain_graph=True, is_grads_batched=True,
-                    allow_unused=True, materialize_grads=True,
-                )  # fmt: skip
-                out[start:stop] = rows
-                continue
-            except (RuntimeError, NotImplementedError):
-                batched = False  # an op without a batching rule for its backward: loop instead
-        for k in range(stop - start):
-            (row,) = torch.autograd.grad(
-                values, leaf, seeds[k], retain_graph=True, allow_unused=True, materialize_grads=True
-            )
-            out[start + k] = row
-    return out

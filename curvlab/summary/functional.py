@@ -13,7 +13,7 @@ propagated densely through every layer), but it takes any model ``functional_cal
 from __future__ import annotations
 
 import torch
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from curvlab.autodiff import quiet_forward_ad
 from curvlab.summary.problem import SummaryCurvature, SummaryProblem

@@ -11,7 +11,8 @@ backward, update), measured the same way in the same process, interleaved in ``-
 reported ratio is the median over rounds. Targets (issue 13): KFAC ≤ 3×, SGN with 3 CG iterations ≤ 6×.
 
 Usage:
-    python benchmarks/optimizers.py [--problems mlp,autoencoder] [--batch 250] [--steps 40] [--repeats 3]
+    python benchmarks/optimizers.py [--problems mlp,autoencoder] [--methods "sgd|kfac (defaults)"]
+                                    [--batch 250] [--steps 40] [--repeats 3]
                                     [--json OUT] [--quick]
 """
 
@@ -122,7 +123,7 @@ def run_method(factory, build, loss_fn, batches, steps: int, warmup: int) -> tup
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", default="mlp,autoencoder")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default="|".join(METHODS), help="names separated by |")
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=2)
@@ -134,7 +135,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.batch, args.steps, args.repeats, args.warmup = 32, 4, 1, 1
     torch.set_num_threads(args.threads)
-    names = [m for m in args.methods.split(",") if m]
+    names = [m for m in args.methods.split("|") if m]
     if "sgd" not in names:
         names.insert(0, "sgd")
     report = {"meta": {"batch": args.batch, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,

@@ -44,6 +44,7 @@ from curvlab.models import mlp
 from curvlab.provenance import provenance
 
 HERE = Path(__file__).resolve().parent
+CONFIG_BASELINES: dict = {}  # the config's baselines (a problem may override its grids)
 DEFAULT_OUT = HERE.parents[1] / "data" / "optimizer_benchmark"
 SHARED = [HERE.parents[2] / "shared" / "data", Path("/work/shared/data")]
 LOSSES = {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
@@ -177,6 +178,9 @@ def train(factory, model, loss_fn, data, eval_data, batch: int | None, updates: 
 def run_problem(name: str, spec: dict, config: dict, quick: bool) -> xr.Dataset | str:
     if "skip" in spec:
         return spec["skip"]
+    config = {**config, **{k: spec[k] for k in ("updates", "baseline_update_factor", "baselines") if k in spec}}
+    if "baselines" in spec:
+        config["baselines"] = {**json.loads(json.dumps(CONFIG_BASELINES)), **spec["baselines"]}
     updates, every = config["updates"], config["eval_every"]
     factor = int(config.get("baseline_update_factor", 1))
     labels, results = None, {}
@@ -348,7 +352,9 @@ def write_summary(rows_by_problem, skipped, out: Path, config: dict) -> None:
     with open(out / "comparison.csv", "w") as fh:
         fh.write("problem,setting,family,final_loss,cpu_s,per_update_vs_adam,per_second_loss_vs_adam,speed_vs_adam,ahead_every_update\n")
         for problem, rows in rows_by_problem.items():
-            lines += [f"## {problem}", "", f"![{problem}]({problem}.png)", "",
+            spec = config["problems"].get(problem, {})
+            lines += [f"## {problem}", "", f"{spec.get('updates', config['updates'])} updates per curvlab run.", "",
+                      f"![{problem}]({problem}.png)", "",
                       "| setting | final loss | CPU s | per update | per second | speed | ahead every update |",
                       "|---|---|---|---|---|---|---|"]
             for r in rows:
@@ -371,6 +377,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     config = json.loads(args.config.read_text())
     config["paper_labels"] = list(config["papers"])
+    CONFIG_BASELINES.update(config["baselines"])
     problems = list(config["problems"])
     if args.quick:
         quick = config.pop("quick")
@@ -378,12 +385,14 @@ def main(argv=None) -> dict:
         config["baselines"] = {**config["baselines"], **quick.pop("baselines")}
         config["paper_labels"] = quick.pop("papers")
         config.update(quick)
+        for spec in config["problems"].values():  # the quick run ignores per-problem budgets and grids
+            for key in ("updates", "baseline_update_factor", "baselines"):
+                spec.pop(key, None)
     config.pop("quick", None)
     if args.problems:
         problems = args.problems.split(",")
     torch.set_num_threads(int(config["threads"]))
     args.out.mkdir(parents=True, exist_ok=True)
-    budget = config["updates"] // config["eval_every"]
     rows_by_problem, skipped, datasets = {}, {}, {}
     for name in problems:
         if args.summarize:
@@ -392,6 +401,7 @@ def main(argv=None) -> dict:
                 skipped[name] = spec.get("skip", "not run")
                 continue
             result = xr.load_dataset(args.out / f"{name}.nc")
+            budget = int(result.attrs["curvlab_updates"]) // config["eval_every"]
             rows_by_problem[name] = compare(result, budget)
             plot(result, name, args.out, budget)
             if result.attrs.get("excluded", "none") != "none":
@@ -403,6 +413,7 @@ def main(argv=None) -> dict:
             print(f"{name}: refused: {result}")
             continue
         datasets[name] = result
+        budget = int(result.attrs["curvlab_updates"]) // config["eval_every"]
         write_netcdf(result, args.out / f"{name}.nc", overwrite=True)
         plot(result, name, args.out, budget)
         rows_by_problem[name] = compare(result, budget)

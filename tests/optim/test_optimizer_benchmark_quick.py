@@ -52,7 +52,7 @@ def test_cost_benchmark_runs_quick(tmp_path):
     out = tmp_path / "cost.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "optimizers.py"), "--quick", "--problems", "mlp",
-         "--methods", "sgd,kfac (defaults),sgn (3 CG)", "--json", str(out)],
+         "--methods", "sgd|kfac (defaults)|sgn (3 CG)", "--json", str(out)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -62,8 +62,8 @@ def write_figures(out: Path, ds, measurements, when, args, labels: dict[str, str
         for name in last.quality.approximation_eigenvalues.approximation.values:
             spectra[str(name)] = last.quality.approximation_eigenvalues.sel(approximation=name)
     figures["spectra"] = plots.plot_spectrum(
-        spectra, title=f"spectra at step {when[-1]}: exact {args.reference} and its approximations"
-        + ("" if last.quality.attrs.get("method") == "dense" else f" (exact: top {args.top_k} by Lanczos)"))
+        spectra, title=f"exact {args.reference} and its approximations, step {when[-1]}"
+        + ("" if last.quality.attrs.get("method") == "dense" else f"\n(exact: top {args.top_k} by Lanczos)"))
     if len(measurements) > 1 and last.quality.attrs.get("method") == "dense":
         figures["spectrum_training"] = plots.plot_spectrum(
             {f"{args.reference}, step {w}": m.quality.eigenvalues for w, m in zip(when, measurements, strict=True)},

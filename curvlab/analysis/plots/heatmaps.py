@@ -206,9 +206,10 @@ def plot_block_comparison(exact, approximations: Mapping[str, object], partition
     ncols = min(len(shown), 4)
     nrows = -(-len(shown) // ncols)
     fig, axes = new_figure(nrows, ncols, panel_size=(3.9, 3.5))
+    total = sum(int((np.isfinite(b) & (np.abs(b) > limit)).sum()) for b in shown.values())
     for ax, (name, block) in zip(axes, shown.items(), strict=False):
-        diverging_heatmap(ax, block, label="block entry", limit=limit, xticklabels=False, yticklabels=False,
-                          annot=False, cbar=ax is axes[min(ncols, len(shown)) - 1])
+        diverging_heatmap(ax, block, label="block entry (all panels)", limit=limit, xticklabels=False,
+                          yticklabels=False, annot=False, cbar=ax is axes[min(ncols, len(shown)) - 1], clipped=total)
         for pos in r_units:
             ax.axhline(pos, color="0.6", linewidth=0.3)
         for pos in c_units:

@@ -89,15 +89,18 @@ def _heatmap(ax, data, vmin, vmax, cmap, label, clipped, extend, xticklabels, yt
 
 
 def diverging_heatmap(ax, data, *, label: str, percentile: float = 99.0, limit: float | None = None,
-                      xticklabels="auto", yticklabels="auto", annot: bool = True, cbar: bool = True) -> float:
+                      xticklabels="auto", yticklabels="auto", annot: bool = True, cbar: bool = True,
+                      clipped: int | None = None) -> float:
     """A signed heatmap centred at 0 with symmetric limits ±``limit`` (default: :func:`robust_limit`).
 
-    Entries beyond the limits are drawn in the end colours, marked × and counted on the colour bar.
+    Entries beyond the limits are drawn in the end colours, marked × and counted on the colour bar
+    (``clipped`` overrides the count, e.g. with the total of several panels sharing the bar).
     Returns the limit used.
     """
     data = np.asarray(data, dtype=np.float64)
     limit = robust_limit(data, percentile) if limit is None else float(limit)
-    clipped = int((np.isfinite(data) & (np.abs(data) > limit)).sum())
+    if clipped is None:
+        clipped = int((np.isfinite(data) & (np.abs(data) > limit)).sum())
     _heatmap(ax, data, -limit, limit, "RdBu_r", label, clipped, "both", xticklabels, yticklabels, annot, cbar)
     _mark_clipped(ax, data, limit)
     return limit

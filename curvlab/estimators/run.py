@@ -37,9 +37,16 @@ def collect(model: nn.Module, loss: LossAdapter, data: Data, quantities: Sequenc
     """Combined, scaled statistics of ``quantities`` over ``data``, and run information
     (``batches``, ``batch_size``, ``layers`` (the :class:`~curvlab.collector.ModelLayers`), ``structure``)."""
     if Quantity.KFRA in quantities:
+        reason = "it runs through the collector"
+        try:
+            from curvlab.engine.hooks import CurvatureHooks  # noqa: PLC0415
+
+            CurvatureHooks(model, nn.MSELoss(), ["kfra"])
+        except UnsupportedModuleError as error:
+            reason = str(error)
         raise UnsupportedModuleError(
-            f"kfra needs a chain of modules with hand-written rules (its batch-averaged recursion passes "
-            f"through every module), which {type(model).__qualname__} is not; use kflr or kfac"
+            f"kfra needs the rule engine (its batch-averaged recursion passes through every module by a "
+            f"hand-written rule), which refuses {type(model).__qualname__}: {reason}; use kflr or kfac"
         )
     layers = plan_layers(model)
     config.check_patterns([lp.name for lp in layers.layers])

@@ -136,5 +136,5 @@ def test_kfra_off_chains_is_a_clear_error():
     from curvlab.errors import UnsupportedModuleError
 
     model, loss_fn, x, y = CASES[0].build(3)
-    with pytest.raises(UnsupportedModuleError, match="kfra needs a chain"):
+    with pytest.raises(UnsupportedModuleError, match="kfra needs the rule engine"):
         compute(model, loss_fn, (x, y), ["kfra"], progress=False)

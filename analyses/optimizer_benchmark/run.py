@@ -373,6 +373,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--problems", default=None)
     parser.add_argument("--config", type=Path, default=HERE / "config.json")
+    parser.add_argument("--seeds", default=None, help="comma-separated subset of the config's seeds (one process "
+                        "per seed; files <problem>.seed<k>.nc, merged by --summarize)")
     parser.add_argument("--summarize", action="store_true", help="only rebuild figures and summary from the .nc files in --out")
     args = parser.parse_args(argv)
     config = json.loads(args.config.read_text())
@@ -391,12 +393,21 @@ def main(argv=None) -> dict:
     config.pop("quick", None)
     if args.problems:
         problems = args.problems.split(",")
+    suffix = ""
+    if args.seeds:
+        config["seeds"] = [int(s) for s in args.seeds.split(",")]
+        suffix = ".seed" + "-".join(str(s) for s in config["seeds"])
     torch.set_num_threads(int(config["threads"]))
     args.out.mkdir(parents=True, exist_ok=True)
     rows_by_problem, skipped, datasets = {}, {}, {}
     for name in problems:
         if args.summarize:
             spec = config["problems"][name]
+            parts = sorted(args.out.glob(f"{name}.seed*.nc"))
+            if "skip" not in spec and parts and not (args.out / f"{name}.nc").is_file():
+                merged = xr.concat([xr.load_dataset(p) for p in parts], dim="seed").sortby("seed")
+                merged.attrs["errors"] = "; ".join(xr.load_dataset(p).attrs["errors"] for p in parts)
+                write_netcdf(merged, args.out / f"{name}.nc", overwrite=True)
             if "skip" in spec or not (args.out / f"{name}.nc").is_file():
                 skipped[name] = spec.get("skip", "not run")
                 continue
@@ -414,12 +425,15 @@ def main(argv=None) -> dict:
             continue
         datasets[name] = result
         budget = int(result.attrs["curvlab_updates"]) // config["eval_every"]
-        write_netcdf(result, args.out / f"{name}.nc", overwrite=True)
+        write_netcdf(result, args.out / f"{name}{suffix}.nc", overwrite=True)
+        if suffix:
+            continue  # per-seed part: merged and summarised by --summarize
         plot(result, name, args.out, budget)
         rows_by_problem[name] = compare(result, budget)
         if result.attrs.get("excluded", "none") != "none":
             skipped[f"{name} (excluded settings)"] = result.attrs["excluded"]
-    write_summary(rows_by_problem, skipped, args.out, config)
+    if not suffix:
+        write_summary(rows_by_problem, skipped, args.out, config)
     return {"datasets": datasets, "rows": rows_by_problem, "skipped": skipped}
 
 

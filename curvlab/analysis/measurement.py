@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import xarray as xr
 from torch import nn
@@ -287,6 +288,20 @@ def measure(
     return Measurement(ds, curvature, gradient, skipped, exact_rep)
 
 
+#: Dense blocks larger than this get their top k eigenvalues by Lanczos instead of a full eigvalsh.
+EIGVALSH_BLOCK_LIMIT = 3000
+
+
+def _dense_blocks_over(rep, limit: int) -> bool:
+    """Whether ``rep`` stores a dense block with more than ``limit`` rows (a full eigvalsh would cost its cube)."""
+    kind = getattr(rep, "kind", None)
+    if kind == "dense":
+        return rep.shape[0] > limit
+    if kind == "block_diagonal":
+        return max(g.size for g in rep.partition.groups) > limit
+    return False
+
+
 def _spectra(exact, approx: Mapping[str, Any], reference: str, k: int, seed: int) -> dict[str, xr.DataArray]:
     """``eigenvalues`` of the reference (all, ascending; matrix-free: the top k by Lanczos, ascending) and
     ``approximation_eigenvalues`` [approximation, approximation_eigenvalue_index] (all, ascending)."""
@@ -305,7 +320,19 @@ def _spectra(exact, approx: Mapping[str, Any], reference: str, k: int, seed: int
     rows, names = [], []
     for name, rep in approx.items():
         try:
-            rows.append(rep.eigvalsh().detach().to(torch.float64).cpu().numpy())
+            if _dense_blocks_over(rep, EIGVALSH_BLOCK_LIMIT):
+                # a dense block of this size would cost n³: the top k by Lanczos, the rest NaN
+                from curvlab import spectra
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", CurvlabWarning)
+                    top = spectra.top_eigenvalues(rep, min(k, rep.shape[0] - 1), tol=1e-8,
+                                                  generator=torch.Generator().manual_seed(seed))
+                values = np.full(rep.shape[0], np.nan)
+                values[-len(top["eigenvalues"]):] = top["eigenvalues"].values[::-1]
+                rows.append(values)
+            else:
+                rows.append(rep.eigvalsh().detach().to(torch.float64).cpu().numpy())
             names.append(name)
         except (CurvlabError, NotImplementedError, RuntimeError, MemoryError):
             continue

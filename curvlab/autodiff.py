@@ -44,6 +44,7 @@ __all__ = [
     "batch_coupled_modules",
     "elementary_norms",
     "exact_kernels",
+    "forward_ad_kernels",
     "quiet_forward_ad",
     "random_modules",
     "reverse_jacobian",
@@ -70,6 +71,27 @@ def exact_kernels(third_order: bool = False) -> Iterator[None]:
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)
+
+
+@contextlib.contextmanager
+def forward_ad_kernels(model: nn.Module) -> Iterator[None]:
+    """Forward-mode AD through ``model``: on CPU, float32 ``nn.LSTM``/``nn.GRU`` run a oneDNN kernel
+    (``mkldnn_rnn_layer``) that has no forward derivative, so oneDNN is switched off in the block when
+    the model holds a recurrent layer (other models keep it: their convolutions are faster with it).
+
+    Example:
+        >>> lstm = nn.LSTM(3, 4, batch_first=True)
+        >>> with forward_ad_kernels(lstm):
+        ...     torch.backends.mkldnn.enabled
+        False
+    """
+    if not any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a notice about TF32 on Intel GPUs
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
 
 
 def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):

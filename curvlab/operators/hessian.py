@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vmap
 
-from curvlab.autodiff import quiet_forward_ad
+from curvlab.autodiff import forward_ad_kernels, quiet_forward_ad
 from curvlab.data import Data
 from curvlab.losses import LossAdapter
 from curvlab.losses.elementary import elementary_loss
@@ -115,7 +115,7 @@ class HessianOperator(ModelCurvatureOperator):
                     part = self._double_backward(b, vs, batched=True)
                 else:
                     gradient = self._gradient_function(b)
-                    with quiet_forward_ad():
+                    with quiet_forward_ad(), forward_ad_kernels(self.model):
                         hv = vmap(lambda *t, g=gradient: jvp(g, self.params, t)[1])(*vs)
                     part = torch.cat([h.reshape(h.shape[0], -1) for h in hv], dim=1).T
                 total = part if total is None else total.add_(part)
@@ -174,5 +174,5 @@ class HessianOperator(ModelCurvatureOperator):
         return grad(batch_loss, argnums=tuple(range(len(self.params))))
 
     def _forward_over_reverse(self, b: int, vs) -> torch.Tensor:
-        with quiet_forward_ad():
+        with quiet_forward_ad(), forward_ad_kernels(self.model):
             return self.flatten(jvp(self._gradient_function(b), self.params, vs)[1])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.func import jvp, vjp, vmap
 
-from curvlab.autodiff import quiet_forward_ad
+from curvlab.autodiff import forward_ad_kernels, quiet_forward_ad
 from curvlab.operators.model_operator import ModelCurvatureOperator
 
 __all__ = ["OutputSandwichOperator", "output_hessian_product"]
@@ -93,7 +93,7 @@ class OutputSandwichOperator(ModelCurvatureOperator):
         def outputs(*ps):
             return self.forward(ps, x)
 
-        with quiet_forward_ad():
+        with quiet_forward_ad(), forward_ad_kernels(self.model):
             ju = jvp(outputs, self.params, tuple(vs))[1]
         mu = self._middle(b, ju)
         return self.flatten(vjp(outputs, *self.params)[1](mu))

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from curvlab.autodiff import exact_kernels
 from curvlab.errors import CurvlabWarning, NonFiniteError
 from curvlab.losses import loss_adapter
 from curvlab.partition import trainable_parameters
@@ -157,8 +158,10 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The loss of the model on a batch (graph kept for differentiation)."""
-        outputs = self.model(inputs)
+        """The loss of the model on a batch (graph kept for differentiation; exact kernels, so that
+        Hessian–vector products through attention have their double backward)."""
+        with exact_kernels():
+            outputs = self.model(inputs)
         return self.adapter(outputs, targets)
 
     def _loss_and_grad(

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp
 
+from curvlab.autodiff import exact_kernels, forward_ad_kernels, stateless_copy
 from curvlab.guards import check_dense_allocation
 from curvlab.losses import loss_adapter
 from curvlab.operators.sandwich import output_hessian_product
@@ -65,13 +66,16 @@ class GaussNewtonQuadratic:
         self._names = [n for n, _ in named]
         self._params = tuple(p.detach() for _, p in named)
         self._shapes = [p.shape for p in self._params]
-        buffers = dict(model.named_buffers())
+        self._model = model
+        function = stateless_copy(model)  # the batch function: train-mode BatchNorm updates no buffers
+        buffers = dict(function.named_buffers())
         frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
         names = self._names
 
         def forward(*params: torch.Tensor) -> torch.Tensor:
             state = {**frozen, **buffers, **dict(zip(names, params, strict=True))}
-            return functional_call(model, state, (inputs,))
+            with exact_kernels():  # no MHA fast path (no forward AD), math SDPA
+                return functional_call(function, state, (inputs,))
 
         self._forward = forward
         outputs, self._vjp = vjp(forward, *self._params)
@@ -100,7 +104,8 @@ class GaussNewtonQuadratic:
 
     def jvp(self, vector: torch.Tensor) -> torch.Tensor:
         """J v: [P] → [N, C] (outputs flattened per sample)."""
-        _, tangent_out = jvp(self._forward, self._params, self._unflat(vector))
+        with forward_ad_kernels(self._model):
+            _, tangent_out = jvp(self._forward, self._params, self._unflat(vector))
         return tangent_out.reshape(tangent_out.shape[0], -1)
 
     def ggn_matvec(self, vector: torch.Tensor) -> torch.Tensor:

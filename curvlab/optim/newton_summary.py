@@ -251,7 +251,7 @@ class NewtonSummary(CurvatureOptimizer):
             lambda_int = 0.0  # D = 0 (e.g. a model linear in θ with MSE): the cubic term vanishes
         try:
             step = newton_summary_step(gbar, hbar, d3, lambda_int=lambda_int)
-        except SingularSummaryError:
+        except (SingularSummaryError, torch.linalg.LinAlgError):  # no step from this summary
             return stats, None
         return stats, (step.eta if step.found else None)
 

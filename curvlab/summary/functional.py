@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch.func import grad, jvp, vmap
 
-from curvlab.autodiff import quiet_forward_ad
+from curvlab.autodiff import forward_ad_kernels, quiet_forward_ad
 from curvlab.summary.problem import SummaryCurvature, SummaryProblem
 from curvlab.summary.terms import BatchTerms
 
@@ -40,7 +40,7 @@ def functional_terms(problem: SummaryProblem, inputs: torch.Tensor, targets: tor
         >>> torch.allclose(terms.hbar, ref.hbar) and torch.allclose(terms.d3, ref.d3)
         True
     """
-    with quiet_forward_ad():
+    with quiet_forward_ad(), forward_ad_kernels(problem.model):
         return _functional_terms(problem, inputs, targets)
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from curvlab.errors import UnsupportedLossError
-from curvlab.losses import LossAdapter
+from curvlab.losses.base import LossAdapter
 
 __all__ = ["AutodiffAdapter", "PerSampleLoss"]
 

@@ -109,7 +109,7 @@ def canonical(library: Library, quantity: str, result, problem: Problem) -> torc
     per-parameter diagonal blocks (Kronecker quantities)."""
     slices = [s for _, s, _ in _slices(problem)]
     kron = quantity in ("kfac", "kflr", "kfra", "ekfac")
-    if library is Library.CURVLAB:
+    if library in (Library.CURVLAB, Library.CURVLAB_COLLECTOR):
         if quantity.endswith("matvec"):
             return result
         if kron:

@@ -48,7 +48,7 @@ _PEER_REFERENCES = {
     "ekfac": (Library.NNGEOMETRY, Library.CURVLINOPS),
 }
 #: EKFAC's eigenbasis differs when weight and bias share one Kronecker factor ("augmented" [W b]) or not
-_JOINT_WEIGHT_BIAS = {Library.CURVLAB, Library.NNGEOMETRY}
+_JOINT_WEIGHT_BIAS = {Library.CURVLAB, Library.CURVLAB_COLLECTOR, Library.NNGEOMETRY}
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="if the warm-up run takes longer than this, time a single run")
     parser.add_argument("--cell-timeout", type=float, default=240.0,
                         help="seconds allowed per cell (library × quantity), profiled run included")
-    parser.add_argument("--isolate", dest="isolate", action="store_true", default=hasattr(os, "fork"),
-                        help="run every cell in a forked child (default where fork exists): hard timeout, "
-                             "no state shared between cells")
+    parser.add_argument("--isolate", dest="isolate", action="store_true", default=None,
+                        help="run every cell in a forked child (default where fork exists, at 1 thread): hard "
+                             "timeout, no state shared between cells. Off by default at --threads > 1: a forked "
+                             "child of a multi-threaded OpenMP parent can hang")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -87,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.libraries = [names[n] for n in _subset(args.libraries.lower(), tuple(names), "--libraries")]
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1, --warmup >= 0")
+    if args.isolate is None:
+        args.isolate = hasattr(os, "fork") and args.threads == 1
     return args
 
 

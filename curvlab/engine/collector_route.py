@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from curvlab.data import Data
+from curvlab.engine.compute import run_attrs
 from curvlab.engine.quantities import Quantity
 from curvlab.engine.result import Curvature
 from curvlab.estimators import EstimatorConfig
 from curvlab.estimators.assemble import assemble_collected, structure_note
 from curvlab.estimators.run import collect
 from curvlab.losses import LossAdapter
-from curvlab.provenance import provenance
 
 __all__ = ["compute_collected"]
 
@@ -57,22 +57,9 @@ def compute_collected(model: nn.Module, adapter: LossAdapter, loss_fn: nn.Module
     stats, info = collect(model, adapter, data, quantities, config, progress)
     state, plan = info["state"], info["plan"]
     params = info["layers"].params
-    attrs = provenance(
-        model=model,
-        loss_fn=loss_fn,
-        batch_size=info["batch_size"],
-        dtype=params[0][1].dtype,
-        config={
-            "quantities": [q.value for q in quantities],
-            "mc_samples": mc_samples,
-            "partition": partition if isinstance(partition, str) else "custom",
-            "batches": info["batches"],
-            "samples": stats.count,
-            "normalizer": stats.normalizer,
-            "reduction": adapter.reduction,
-            "route": "collector",
-            "structure": structure_note(plan.fallbacks if plan else {}, state.demoted,
-                                        state.coupled_by if state.coupled else "", weight_sharing),
-        },
+    attrs = run_attrs(
+        model, loss_fn, adapter, quantities, stats, info, params, mc_samples, partition, route="collector",
+        structure=structure_note(plan.fallbacks if plan else {}, state.demoted,
+                                 state.coupled_by if state.coupled else "", weight_sharing),
     )
     return assemble_collected(model, quantities, stats, partition, attrs, info["layers"])

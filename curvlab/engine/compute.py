@@ -126,22 +126,28 @@ def compute(
         refit, _ = _run(model, adapter, data, (Quantity.EKFAC,), progress, [p for _, p in params],
                         ekfac_factors=factors, layer_partition=info["layer_partition"], **common)
         stats.sums.update(refit.sums)
-    attrs = provenance(
+    attrs = run_attrs(model, loss_fn, adapter, qs, stats, info, params, mc_samples, partition)
+    return assemble(model, qs, stats, partition, attrs, layer_partition=info["layer_partition"])
+
+
+def run_attrs(model, loss_fn, adapter, quantities, stats, info, params, mc_samples, partition, **extra) -> dict:
+    """The provenance attributes of one ``compute`` run (both routes), ``extra`` added to its config."""
+    return provenance(
         model=model,
         loss_fn=loss_fn,
         batch_size=info["batch_size"],
         dtype=params[0][1].dtype,
         config={
-            "quantities": [q.value for q in qs],
+            "quantities": [q.value for q in quantities],
             "mc_samples": mc_samples,
             "partition": partition if isinstance(partition, str) else "custom",
             "batches": info["batches"],
             "samples": stats.count,
             "normalizer": stats.normalizer,
             "reduction": adapter.reduction,
+            **extra,
         },
     )
-    return assemble(model, qs, stats, partition, attrs, layer_partition=info["layer_partition"])
 
 
 @shared_failure("curvlab.compute")  # under torch.distributed: a rank that raises tells the others

@@ -3,6 +3,9 @@
 * ``digits``   – scikit-learn's 8×8 digits (1797 images, 10 classes), pixels scaled to [0, 1];
 * ``diabetes`` – scikit-learn's diabetes regression (442 × 10), features and target standardised;
 * ``sine``     – the SGN paper's noisy sine: x ~ U(−1, 1), y = sin(10x) + N(0, 0.01²), 10 000 points;
+* ``text``     – next-character prediction on the source of Python's own ``argparse`` module (it ships
+  with every Python): windows of ``TEXT_BLOCK`` characters as [N, T] token ids, their next characters
+  as [N, T] targets, the characters that occur as the vocabulary;
 * ``mnist``    – MNIST from a user-given ``.npz`` (keys ``images``/``labels``, or ``x``/``y``, or
   ``data`` for unlabelled images) or an IDX file (``*-images-idx3-ubyte[.gz]`` with the matching
   labels file beside it); pixels scaled to [0, 1].
@@ -31,7 +34,9 @@ from curvlab.guards import format_bytes, get_memory_budget
 
 __all__ = ["DATASETS", "SplitDataset", "load_dataset", "read_idx", "regular_file"]
 
-DATASETS = ("digits", "diabetes", "sine", "mnist")
+DATASETS = ("digits", "diabetes", "sine", "text", "mnist")
+#: characters per sequence of the ``text`` data set
+TEXT_BLOCK = 32
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,23 @@ def _check_mnist(path: Path, x: np.ndarray, y: np.ndarray | None):
     return x.reshape(len(x), 1, 28, 28), y
 
 
+def _text(seed: int, test_fraction: float, limit: int | None) -> SplitDataset:
+    """The ``text`` data set (module docstring): non-overlapping windows of the argparse source, split at random."""
+    import argparse
+
+    text = Path(argparse.__file__).read_text(encoding="utf-8")
+    index = {c: i for i, c in enumerate(sorted(set(text)))}
+    ids = torch.tensor([index[c] for c in text], dtype=torch.long)
+    windows = ids[: len(ids) // (TEXT_BLOCK + 1) * (TEXT_BLOCK + 1)].view(-1, TEXT_BLOCK + 1)
+    if limit is not None:
+        windows = windows[:limit]
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(windows)))
+    n_test = int(round(len(windows) * test_fraction))
+    test, train = windows[order[:n_test]], windows[order[n_test:]]
+    return SplitDataset("text", (train[:, :-1], train[:, 1:]), (test[:, :-1], test[:, 1:]), "classification",
+                        (TEXT_BLOCK,), len(index))
+
+
 def load_dataset(
     name: str,
     path: str | Path | None = None,
@@ -266,6 +288,8 @@ def load_dataset(
         x = rng.uniform(-1.0, 1.0, size=(10_000, 1))
         y = np.sin(10 * x) + rng.normal(0.0, 0.01, size=x.shape)
         task, outputs, test_fraction = "regression", 1, 0.3
+    elif name == "text":
+        return _text(seed, test_fraction, limit)
     elif name == "mnist":
         x, y = _read_mnist(path)
         if y is None:

@@ -14,6 +14,9 @@ A :class:`Partition` assigns every parameter entry to exactly one :class:`Parame
 * ``"trivial"`` – a single group ``"all"``;
 * ``"blocks-k"`` – the layers cut into k contiguous chunks, each split by role into weights and biases
   (GroupedNewton, appendix G): groups ``block0.weight``, ``block0.bias``, ...;
+* ``"module-d"`` – one group per module at depth d of the module tree: the layers' qualified names cut to
+  their first d components (``module-2`` of a ResNet: ``conv1``, ``bn1``, ``layer1.0``, ..., ``linear``;
+  one group per residual block);
 * ``"entries"`` – one group per scalar entry (tiny models: recovers Newton's method);
 * a mapping – ``{param_name: group_name}`` or ``{group_name: [param_name, ...]}`` (custom).
 
@@ -205,9 +208,15 @@ class Partition:
             }
         elif (match := re.fullmatch(r"blocks-(\d+)", kind)) is not None:
             assignment = _blocks_assignment(params, int(match.group(1)))
+        elif (match := re.fullmatch(r"module-(\d+)", kind)) is not None and int(match.group(1)) >= 1:
+            depth = int(match.group(1))
+            assignment = {}
+            for p in params:
+                prefix = ".".join((p.layer or p.name).split(".")[:depth])
+                assignment.setdefault(prefix, []).append((p.name, None))
         else:
             raise PartitionError(
-                f"unknown partition kind {kind!r}: use canonical, layer, trivial, blocks-k, entries "
+                f"unknown partition kind {kind!r}: use canonical, layer, trivial, blocks-k, module-d (d >= 1), entries "
                 "or a mapping"
             )
         return cls(params, assignment, kind)

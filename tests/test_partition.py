@@ -197,3 +197,17 @@ def test_flatten_errors(model):
         part.flatten([torch.ones(3)])
     with pytest.raises(ValueError, match="expected a vector of length 17"):
         part.unflatten(torch.ones(3))
+
+
+def test_module_depth_groups_residual_blocks():
+    from curvlab.models import resnet
+
+    part = Partition.from_model(resnet(1, 10, depth=14, width=2), "module-2")
+    assert part.group_names == ("conv1", "bn1", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0",
+                                "layer3.1", "linear")
+    assert part.group("layer2.0").size == sum(  # conv1, bn1, conv2, bn2 and the projection shortcut
+        p.numel() for n, p in resnet(1, 10, depth=14, width=2).named_parameters() if n.startswith("layer2.0."))
+    assert Partition.from_model(resnet(1, 10, depth=14, width=2), "module-1").group_names[2:5] == (
+        "layer1", "layer2", "layer3")
+    with pytest.raises(PartitionError, match="module-d"):
+        Partition.from_model(resnet(1, 10, depth=8, width=2), "module-0")

@@ -83,12 +83,14 @@ def spectral_norm_estimate(matrix, rows: torch.Tensor, size: int, minus=None, *,
 
 @dataclass
 class SpectralFacts:
-    """Spectral norm (with error bound), top-k eigenvectors [n, k] and their sin Θ bound of one block."""
+    """Spectral norm (with error bound), top-k eigenvalues (descending), eigenvectors [n, k] and their sin Θ
+    bound of one block."""
 
     norm: float
     norm_error: float
     vectors: torch.Tensor
     angle_bound: float
+    values: np.ndarray
 
     @classmethod
     def of(cls, matrix, rows: torch.Tensor, k: int, *, size: int | None = None,
@@ -100,7 +102,8 @@ class SpectralFacts:
         n, k = rows.numel(), min(k, rows.numel())
         if n <= DENSE_BLOCK or k + 1 >= n:
             values, vectors = torch.linalg.eigh(_dense_block(matrix, rows, size))
-            return cls(float(values.abs().max()), 0.0, vectors[:, -k:].flip(1), 0.0)
+            return cls(float(values.abs().max()), 0.0, vectors[:, -k:].flip(1), 0.0,
+                       values[-k:].flip(0).to(torch.float64).cpu().numpy())
         norm, norm_error = spectral_norm_estimate(matrix, rows, size, generator=generator)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CurvlabWarning)
@@ -110,7 +113,7 @@ class SpectralFacts:
         vectors = torch.from_numpy(np.ascontiguousarray(ds["eigenvectors"].values[:, :k]))
         gap = values[k - 1] - values[k]
         bound = float(np.linalg.norm(residuals[:k]) / gap) if gap > 0 else float("inf")
-        return cls(norm, norm_error, vectors, bound if np.isfinite(bound) else float("inf"))
+        return cls(norm, norm_error, vectors, bound if np.isfinite(bound) else float("inf"), values[:k].copy())
 
 
 def overlap(exact: SpectralFacts, approx: SpectralFacts) -> tuple[float, float]:

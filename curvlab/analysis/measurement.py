@@ -282,7 +282,10 @@ def measure(
                  attrs={**base_attrs, "reference": reference, "partition": part.to_json(),
                         "sources": json.dumps(sources), "skipped": json.dumps(skipped)})
     if eigenvalues:
-        ds.update(_spectra(exact, approx, reference, k, seed))
+        found = ds.get("eigenvalues")
+        ds.update(_spectra(exact, approx, reference, k, seed, known=found))
+        if found is not None:  # keep the matrix-free comparison's Lanczos values, named as the reference
+            ds["eigenvalues"].attrs["long_name"] = f"eigenvalues of the {reference}"
     ds["gradient_norm"] = xr.DataArray(float(gradient.norm()), attrs={"long_name": "gradient norm", "units": "1"})
     exact_rep = curvature[reference] if chosen == "dense" else exact
     return Measurement(ds, curvature, gradient, skipped, exact_rep)
@@ -302,10 +305,14 @@ def _dense_blocks_over(rep, limit: int) -> bool:
     return False
 
 
-def _spectra(exact, approx: Mapping[str, Any], reference: str, k: int, seed: int) -> dict[str, xr.DataArray]:
-    """``eigenvalues`` of the reference (all, ascending; matrix-free: the top k by Lanczos, ascending) and
-    ``approximation_eigenvalues`` [approximation, approximation_eigenvalue_index] (all, ascending)."""
-    if isinstance(exact, torch.Tensor):
+def _spectra(exact, approx: Mapping[str, Any], reference: str, k: int, seed: int,
+             known: xr.DataArray | None = None) -> dict[str, xr.DataArray]:
+    """``eigenvalues`` of the reference (all, ascending; matrix-free: the top k by Lanczos, ascending; taken
+    from ``known`` when given) and ``approximation_eigenvalues`` [approximation, approximation_eigenvalue_index]
+    (all, ascending)."""
+    if known is not None:
+        values, method = known.values, known.attrs["method"]
+    elif isinstance(exact, torch.Tensor):
         values, method = torch.linalg.eigvalsh(exact).numpy(), "dense eigvalsh"
     else:
         from curvlab import spectra

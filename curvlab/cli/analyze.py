@@ -5,7 +5,9 @@ samples, the chosen approximations and the GroupedNewton summary along the gradi
 (relative Frobenius / spectral errors, cosine, top-k eigenspace overlap, damped Newton step quality,
 interaction strength between layers). Up to ``--dense-limit`` parameters the reference is a dense [P, P]
 matrix and the metrics are exact; above it they come from products only (matrix-free, with error bars).
-It writes to ``--out``:
+The ``resnet`` and ``transformer`` presets change the defaults of the options not given (listed at the
+end: fewer samples, groups by residual or transformer block, the MC approximations, two measurements) so
+that they finish within 10 minutes on 2 CPU cores. It writes to ``--out``:
 
 * ``quality.nc``   – the comparison along ``step`` (saved after every measurement, so an interrupted run keeps it);
 * ``curvature.nc`` – the approximations at the last measurement (``--save-curvature``; float32, compressed);
@@ -19,6 +21,8 @@ Example:
     curvlab analyze --out curvlab-analysis          # digits, MLP 64-16-16-10, 300 SGD steps, 3 measurements
     curvlab analyze --smoke --out /tmp/smoke        # seconds: tiny model and data (CI)
     curvlab analyze --model lenet --out lenet       # P = 21,386 > --dense-limit: matrix-free metrics
+    curvlab analyze --model resnet --out resnet     # ResNet-20, BatchNorm in train mode, P = 272,186 (< 10 min)
+    curvlab analyze --model transformer --out gpt   # char-level GPT on argparse's source, P = 113,408 (< 10 min)
     curvlab analyze --model mypkg.models:build --data mypkg.data:load --out mine
     curvlab show curvlab-analysis/quality.nc
 """
@@ -52,9 +56,18 @@ DEFAULT_QUANTITIES = ("kfac", "kflr", "kfra", "ekfac", "diag_ggn", "diag_hessian
 #: Matrix-free runs leave exact dense blocks out of the default quantities when a block is larger.
 BLOCK_LIMIT = 4000
 SMOKE = {"steps": 4, "samples": 32, "limit": 200, "hidden": (6,), "measure_every": 4, "dampings": (1e-2, 1.0)}
-#: defaults that ``--smoke`` replaces (options given explicitly are kept)
-_SMOKE_REPLACES = {"steps": 300, "samples": 256, "limit": None, "hidden": (16, 16), "measure_every": None,
-                   "dampings": curvlab.analysis.DEFAULT_DAMPINGS}
+#: Defaults of the large presets, sized to finish within 10 minutes on 2 CPU cores. A measurement costs
+#: about probes × groups + 2·(top-k + 1)·20 + CG products with the exact GGN (each ~3 gradients), and the
+#: MC approximations one backward pass per sample (BatchNorm in train mode couples the batch, so exact
+#: KFLR / diagonals would take one per sample and class).
+PRESETS = {
+    "resnet": {"samples": 32, "partition": "module-2", "summary_partition": "module-2",
+               "quantities": "kfac,diag_ggn_mc,summary", "probes": 12, "top_k": 5, "dampings": (0.1, 1.0),
+               "steps": 200, "measure_every": 200, "batch_size": 64, "threads": 2},
+    "transformer": {"samples": 16, "partition": "module-3", "summary_partition": "module-3",
+                    "quantities": "kfac,diag_ggn_mc,summary", "probes": 12, "top_k": 5, "dampings": (0.1, 1.0),
+                    "steps": 300, "measure_every": 300, "batch_size": 32, "lr": 0.5, "threads": 2},
+}
 
 
 def _names(text: str) -> list[str]:
@@ -79,10 +92,17 @@ def _formats(text: str) -> tuple[str, ...]:
     return values
 
 
+def _shown(value) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+
+
 def add_parser(sub) -> None:
     """Register ``curvlab analyze`` on the sub-parsers."""
+    presets = "\n".join(f"  --model {name}: " + ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in values.items())
+                         for name, values in PRESETS.items())
     parser = sub.add_parser("analyze", help="approximation quality and layer interactions across training",
-                            description=plain(__doc__), formatter_class=HelpFormatter)
+                            description=plain(__doc__), formatter_class=HelpFormatter,
+                            epilog=f"preset defaults (options given explicitly are kept):\n{presets}")
     add_data_options(parser, hidden="16,16")
     add_output_options(parser, "curvlab-analysis")
     group = parser.add_argument_group("measurement")
@@ -95,7 +115,7 @@ def add_parser(sub) -> None:
     group.add_argument("--quantities", default=",".join(DEFAULT_QUANTITIES),
                        help=f"approximations, comma-separated from {','.join(curvlab.analysis.APPROXIMATIONS)}")
     group.add_argument("--partition", default="layer",
-                       help="blocks of the per-block metrics: canonical, layer, trivial, blocks-k or entries")
+                       help="blocks of the per-block metrics: canonical, layer, module-d, trivial, blocks-k or entries")
     group.add_argument("--summary-partition", default="canonical", help="groups of the GroupedNewton summary")
     group.add_argument("--dampings", type=_floats, default=",".join(f"{d:g}" for d in curvlab.analysis.DEFAULT_DAMPINGS),
                        help="dampings of the step metrics, comma-separated")
@@ -126,13 +146,34 @@ def add_parser(sub) -> None:
                        help="tiny and fast (CI): 200 samples, hidden 6, 4 steps, 32 measurement samples "
                             "(options given explicitly are kept)")
     parser.set_defaults(run=run)
+    parser.set_defaults(option_dests={o: a.dest for a in parser._actions for o in a.option_strings})
+
+
+def _given(args: argparse.Namespace) -> set[str]:
+    """The options given on the command line (as ``dest`` names; argparse's prefixes such as ``--samp`` too)."""
+    options = args.option_dests
+    given = set()
+    for token in getattr(args, "argv", ()):
+        name = token.split("=", 1)[0]
+        matches = [o for o in options if o == name] or [o for o in options if name.startswith("--") and
+                                                        o.startswith(name)]
+        if len(matches) == 1:
+            given.add(options[matches[0]])
+    return given
+
+
+def _replace_defaults(args: argparse.Namespace, values: dict) -> None:
+    """Set ``values`` on ``args`` for the options not given on the command line."""
+    given = _given(args)
+    for key, value in values.items():
+        if key not in given:
+            setattr(args, key, value)
 
 
 def _validate(args: argparse.Namespace) -> list[str]:
+    _replace_defaults(args, PRESETS.get(args.model, {}))
     if args.smoke:
-        for key, value in SMOKE.items():
-            if getattr(args, key) == _SMOKE_REPLACES[key]:
-                setattr(args, key, value)
+        _replace_defaults(args, SMOKE)
     quantities = _names(args.quantities)
     unknown = [q for q in quantities if q not in curvlab.analysis.APPROXIMATIONS]
     if unknown or not quantities:
@@ -202,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
               "name it in --quantities to include it")
     out = prepare_output(args.out, args.overwrite)
     config = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-              for k, v in vars(args).items() if k != "run"}
+              for k, v in vars(args).items() if k not in ("run", "option_dests", "argv")}
     attrs = curvlab.provenance.provenance(model=model, loss_fn=loss_fn, batch_size=args.samples,
                                           dtype=DTYPES[args.dtype], config=config, dataset=args.data or args.dataset)
     labels = group_labels(curvlab.Partition.from_model(model, args.partition), model)
@@ -215,11 +256,16 @@ def run(args: argparse.Namespace) -> int:
     classification = data.task == "classification"
 
     def evaluate(x, y) -> dict[str, float]:
-        with torch.no_grad():
-            outputs = model(x)
-            values = {"loss": float(loss_fn(outputs, y))}
-            if classification:
-                values["accuracy"] = float((outputs.argmax(-1) == y).to(torch.float64).mean())
+        training = model.training
+        model.eval()  # BatchNorm with its running statistics, as a trained model is evaluated
+        try:
+            with torch.no_grad():
+                outputs = model(x)  # [N, C] or, for sequences, [N, C, T]
+                values = {"loss": float(loss_fn(outputs, y))}
+                if classification:
+                    values["accuracy"] = float((outputs.argmax(1) == y).to(torch.float64).mean())
+        finally:
+            model.train(training)
         return values
 
     def measure_now() -> object:

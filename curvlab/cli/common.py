@@ -99,8 +99,10 @@ def int_list(text: str) -> tuple[int, ...]:
 def add_data_options(parser: argparse.ArgumentParser, *, hidden: str = "32,32") -> None:
     """Add the data set, model preset, batch size, seed, dtype and limit options."""
     group = parser.add_argument_group("data and model")
-    group.add_argument("--dataset", choices=curvlab.datasets.DATASETS, default="digits",
-                       help="digits and diabetes ship with scikit-learn; sine is generated; mnist needs --data-path")
+    group.add_argument("--dataset", choices=("auto", *curvlab.datasets.DATASETS), default="auto",
+                       help="digits and diabetes ship with scikit-learn; sine is generated; text is Python's "
+                            "argparse source (next-character prediction); mnist needs --data-path; auto: text "
+                            "for the transformer, digits otherwise")
     group.add_argument("--data-path", type=Path, default=None, help="MNIST .npz or IDX file")
     group.add_argument("--data", default=None, metavar="MODULE:FACTORY",
                        help="your own data instead of --dataset: package.module:factory returning "
@@ -117,6 +119,11 @@ def add_data_options(parser: argparse.ArgumentParser, *, hidden: str = "32,32") 
     group.add_argument("--dtype", choices=sorted(DTYPES), default="float64", help="of the model and the data")
     group.add_argument("--device", choices=DEVICES, default="cpu", help="where the model, data and products live")
     group.add_argument("--limit", type=positive_int, default=None, help="use only this many samples")
+
+
+def default_dataset(model: str) -> str:
+    """The data set ``--dataset auto`` picks for ``--model``: ``text`` for the transformer, ``digits`` otherwise."""
+    return "text" if model == "transformer" else "digits"
 
 
 def add_output_options(parser: argparse.ArgumentParser, default: str) -> None:
@@ -151,6 +158,8 @@ def build_setup(args: argparse.Namespace):
     device = torch.device(getattr(args, "device", "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    if args.dataset == "auto":  # resolved here, so that the run's records name the data set used
+        args.dataset = default_dataset(args.model)
     if getattr(args, "data", None):
         data = _user_data(args.data, dtype, args.limit)
     else:
@@ -159,12 +168,16 @@ def build_setup(args: argparse.Namespace):
     if ":" in args.model:
         model = _user_model(args.model, data)
     else:
+        takes = curvlab.models.INPUTS[args.model]
+        tokens = not data.train[0].is_floating_point()
+        if tokens != (takes == "tokens"):
+            fix = ("--model transformer" if tokens else "--dataset text (or --data returning integer token ids)")
+            raise ValueError(f"--model {args.model} takes {takes} inputs, but {data.name} holds "
+                             f"{'token ids' if tokens else 'real-valued inputs'}; use {fix}")
         if args.model == "autoencoder":
             data = data.as_reconstruction()
-        if args.model != "lenet":
+        if takes == "flat":
             data = data.flat()
-        elif len(data.sample_shape) != 3:
-            raise ValueError(f"lenet needs image data; {data.name} has samples of shape {data.sample_shape}")
         model = curvlab.models.build_model(args.model, data.sample_shape, data.num_outputs,
                                            hidden=args.hidden, activation=args.activation)
     model = model.to(device=device, dtype=dtype)

@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--quantities", default=",".join(REFERENCES),
                         help=f"comma-separated subset of {','.join(REFERENCES)}")
     parser.add_argument("--partition", default="layer",
-                        help="groups labelling the matrices: canonical, layer, trivial, blocks-k or entries")
+                        help="groups labelling the matrices: canonical, layer, module-d, trivial, blocks-k or entries")
     parser.add_argument("--max-params", type=positive_int, default=6000,
                         help="refuse models with more parameters (each reference is a dense [P, P] matrix)")
     parser.set_defaults(run=run)

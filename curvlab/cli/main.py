@@ -44,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from curvlab.guards import get_memory_budget
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)  # exits 2 with a message on bad options
+    args.argv = argv  # which options were given (presets change only the defaults of the others)
     try:
         get_memory_budget()  # a bad CURVLAB_MEMORY_BUDGET is reported before any work
         return int(args.run(args) or 0)

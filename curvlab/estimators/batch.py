@@ -36,6 +36,7 @@ from curvlab.estimators.statistics import (
     add_rows,
 )
 from curvlab.estimators.tasks import Task
+from curvlab.guards import check_dense_allocation
 from curvlab.losses import LossAdapter
 
 __all__ = ["RunState", "batch_statistics", "settle"]
@@ -133,6 +134,12 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
         if as_rows or generic:
             gammas: dict[str, torch.Tensor] = {}
             params = [p for layer in generic for _, p in state.layers.parameters_of(layer)]
+            rows = V.shape[0] * V.shape[1]
+            check_dense_allocation(  # the row seeds, and as many per-row gradients of the same size at least
+                (2 * rows, outputs.numel()), outputs.dtype,
+                f"{', '.join(sorted({t.quantity for t in group}))} needs one backward pass per sample and output "
+                f"column ({rows:,} rows, at layers {', '.join(sorted(as_rows) + generic)}); use the MC "
+                f"quantities (kfac, diag_ggn_mc) or fewer samples, or")
             Gr, grads = col.rows(outputs, row_seeds(V), sorted(as_rows), params)
             i = 0
             for layer in generic:

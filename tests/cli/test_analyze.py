@@ -59,7 +59,7 @@ def test_no_overwrite_without_flag(smoke_run, capsys):
         (["--partition", "blocks-x"], "unknown partition"),
         (["--dampings", "-1"], "--dampings"),
         (["--dataset", "mnist"], "needs a path"),
-        (["--model", "resnet"], "--model"),
+        (["--model", "resnet50"], "--model"),
         (["--state-dict", "/nonexistent.pt"], "not found"),
         (["--lr", "0"], "--lr"),
         (["--model", "lenet", "--method", "dense"], "--dense-limit"),

@@ -86,6 +86,8 @@ def _heatmap(ax, data, vmin, vmax, cmap, label, clipped, extend, xticklabels, yt
                 annot=annotate, fmt=".2g", annot_kws={"fontsize": 7},
                 xticklabels=xticklabels, yticklabels=yticklabels, cbar=cbar,
                 cbar_kws={"label": text, "extend": extend if clipped else "neither"} if cbar else None)
+    if max(data.shape) > 24:  # many groups: smaller tick labels, so that each stays readable
+        ax.tick_params(labelsize=max(3.0, 8.0 * 24 / max(data.shape)))
 
 
 def diverging_heatmap(ax, data, *, label: str, percentile: float = 99.0, limit: float | None = None,

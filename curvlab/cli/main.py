@@ -40,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 2 bad usage or input)."""
     from curvlab.errors import CurvlabError
-
     from curvlab.guards import get_memory_budget
 
     parser = build_parser()

@@ -9,7 +9,6 @@ from torch import nn
 from curvlab import reference
 from curvlab.errors import (
     CurvlabError,
-    CurvlabWarning,
     MemoryBudgetError,
     NonFiniteError,
     UnsupportedLossError,

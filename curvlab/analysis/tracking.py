@@ -156,11 +156,12 @@ class Tracker:
         return ds
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write :attr:`dataset` to ``path`` (default: the tracker's) atomically; returns the path."""
+        """Write :attr:`dataset` to ``path`` (default: the tracker's) atomically, gzip-compressed and lossless
+        (float64 kept); returns the path."""
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ValueError("no path: give one here or to Tracker(path=...)")
-        return netcdf.write(self.dataset, target)
+        return netcdf.write(netcdf.compact(self.dataset, float32=False), target)
 
     def __enter__(self) -> Tracker:
         return self

@@ -84,3 +84,17 @@ def test_non_numeric_value_names_it():
     tracker = Tracker({"m": lambda: {"label": object()}})
     with pytest.raises(TypeError, match="label"):
         tracker(0)
+
+
+def test_saved_file_is_compressed_and_lossless(tmp_path):
+    import numpy as np
+    import xarray as xr
+
+    from curvlab.analysis import Tracker, netcdf
+
+    values = np.repeat(np.linspace(0, 1, 50), 200)  # compressible, and not float32-representable
+    tracker = Tracker({"q": lambda: xr.Dataset({"v": ("i", values + 1e-12)})}, path=tmp_path / "q.nc")
+    tracker.record(0)
+    back = netcdf.read(tmp_path / "q.nc")
+    assert back.v.dtype == np.float64 and np.array_equal(back.v.values[0], values + 1e-12)
+    assert (tmp_path / "q.nc").stat().st_size < values.nbytes / 4

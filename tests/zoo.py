@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from curvlab.models.resnet import BasicBlock  # pytorch-cifar's block: F.relu, Sequential() shortcut
+from curvlab.models.transformer import CausalSelfAttention  # nanoGPT's: c_attn, causal SDPA
 from tests.cases import Case, mlp, small_cnn
 
 __all__ = ["ZOO", "ZOO_BY_NAME", "zoo_case", "zoo_reference"]
@@ -37,37 +39,13 @@ VOCAB, SEQ = 7, 5
 
 
 # ----------------------------------------------------------------------------- ResNets
-class CifarBasicBlock(nn.Module):
-    """pytorch-cifar's BasicBlock (kuangliu): ``F.relu`` in forward, ``nn.Sequential()`` shortcut."""
-
-    expansion = 1
-
-    def __init__(self, in_planes, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += self.shortcut(x)
-        return F.relu(out)
-
-
 class CifarResNet(nn.Module):
     def __init__(self, num_classes=CLASSES, width=2):
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.layer1 = CifarBasicBlock(width, width, 1)
-        self.layer2 = CifarBasicBlock(width, 2 * width, 2)
+        self.layer1 = BasicBlock(width, width, 1)
+        self.layer2 = BasicBlock(width, 2 * width, 2)
         self.linear = nn.Linear(2 * width, num_classes)
 
     def forward(self, x):
@@ -193,26 +171,6 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, tokens):
         return self.head(self.encoder(self.embed(tokens)).mean(1))
-
-
-class CausalSelfAttention(nn.Module):
-    """nanoGPT's attention: one ``c_attn`` projection, causal ``F.scaled_dot_product_attention``."""
-
-    def __init__(self, n_embd, n_head):
-        super().__init__()
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
-        self.c_proj = nn.Linear(n_embd, n_embd)
-        self.n_head, self.n_embd = n_head, n_embd
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
 
 
 class GPTBlock(nn.Module):

@@ -145,3 +145,18 @@ def test_bad_memory_budget_variable_is_one_line_exit_2_in_the_cli(monkeypatch, c
 def test_good_memory_budget_variable(monkeypatch, value, expected):
     monkeypatch.setenv("CURVLAB_MEMORY_BUDGET", value)
     assert get_memory_budget() == expected
+
+
+def test_per_row_seeds_over_budget_are_refused_naming_the_layers():
+    # the GPT's position embedding is a generic layer: exact KFLR needs one backward pass per sample and
+    # output column (N·T·V rows), refused before allocating, with the MC quantities as the fix
+    from curvlab.models import GPT
+
+    torch.manual_seed(0)
+    model = GPT(vocab_size=7, block_size=6, n_layer=1, n_head=2, n_embd=8).double()
+    tokens = torch.randint(0, 7, (3, 7))
+    data = (tokens[:, :-1], tokens[:, 1:])
+    with memory_budget(2**16), pytest.raises(MemoryBudgetError, match=r"transformer\.wpe.*kfac, diag_ggn_mc"):
+        curvlab.compute(model, nn.CrossEntropyLoss(), data, ["kflr"], progress=False)
+    with memory_budget(2**16):  # the suggested fix works under the same budget
+        assert curvlab.compute(model, nn.CrossEntropyLoss(), data, ["kfac"], progress=False)["kfac"] is not None

@@ -190,18 +190,22 @@ class FactoredInverse:
         return cls(factors, inv_a, inv_g, pi)
 
     def solve(self, g: torch.Tensor, damping: float | None = None, mode: str = "factored") -> torch.Tensor:
-        """((A + π√γ I) ⊗ (G + √γ/π I))⁻¹ g for a reference-ordered [P] vector (γ fixed at build time)."""
+        """((A + π√γ I) ⊗ (G + √γ/π I))⁻¹ g for a reference-ordered [P] vector (γ fixed at build time).
+
+        In reference order (W.flatten(), b) with the blocks of the damped input inverse
+        [[P, q], [qᵀ, r]] (P [I, I], bias row q), the direction is d_W = G⁻¹ (V_W P + b qᵀ) and
+        d_b = G⁻¹ (V_W q + r b): contiguous products, no gather and no concatenation of V.
+        """
         out_features, width = self.inv_g.shape[0], self.inv_a.shape[0]
         g = g.to(self.inv_a.dtype)
-        if g.numel() == out_features * width:  # reference order (W.flatten(), b) → [W, b] without a gather
-            weights = out_features * (width - 1) if self.layout.bias else g.numel()
-            V = g[:weights].view(out_features, -1)
-            if self.layout.bias:
-                V = torch.cat([V, g[weights:, None]], dim=1)
-            D = self.inv_g @ V @ self.inv_a
-            d = D[:, : weights // out_features].reshape(-1)
-            if self.layout.bias:
-                d = torch.cat([d, D[:, -1]])
-            return d
-        V = self.layout.to_matrix(g)
-        return self.layout.from_matrix(self.inv_g @ V @ self.inv_a)
+        if g.numel() != out_features * width:
+            V = self.layout.to_matrix(g)
+            return self.layout.from_matrix(self.inv_g @ V @ self.inv_a)
+        if not self.layout.bias:
+            return (self.inv_g @ (g.view(out_features, width) @ self.inv_a)).reshape(-1)
+        inputs = width - 1
+        weights, bias = g[: out_features * inputs].view(out_features, inputs), g[out_features * inputs:]
+        block, row = self.inv_a[:inputs, :inputs], self.inv_a[inputs]
+        d_w = self.inv_g @ torch.addr(weights @ block, bias, row[:inputs])
+        d_b = self.inv_g @ torch.addmv(row[inputs] * bias, weights, row[:inputs])
+        return torch.cat([d_w.reshape(-1), d_b])

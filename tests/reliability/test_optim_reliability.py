@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from curvlab import optim
-from curvlab.errors import CurvlabWarning
+from curvlab.errors import CurvlabWarning, NonFiniteError
 from curvlab.optim.gauss_newton import GaussNewtonQuadratic
 
 # ------------------------------------------------------------------ case 6: roll back a step into inf
@@ -78,7 +78,7 @@ def test_finite_update_that_overflows_the_parameters_is_undone():
     x, y = torch.ones(4, 2), torch.zeros(4, 1)
     opt = optim.CenteredSGD(model, nn.MSELoss(), lr=1e-30)
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(Exception):  # the loss is already inf here: refused, parameters untouched
+    with pytest.raises(NonFiniteError, match="loss is not finite"):  # the loss is already inf here: refused, parameters untouched
         opt.step(x, y)
     for p, q in zip(before, model.parameters(), strict=True):
         assert torch.equal(p, q.detach())

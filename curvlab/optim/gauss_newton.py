@@ -73,17 +73,15 @@ class GaussNewtonQuadratic:
         self._shapes = [p.shape for p in self._params]
         self._model = model
         function = stateless_copy(model)  # the batch function: train-mode BatchNorm updates no buffers
-        buffers = dict(function.named_buffers())
-        frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
         names = self._names
 
         def forward(*params: torch.Tensor) -> torch.Tensor:
-            state = {**frozen, **buffers, **dict(zip(names, params, strict=True))}
             with exact_kernels():  # no MHA fast path (no forward AD), math SDPA
-                return functional_call(function, state, (inputs,))
+                return functional_call(function, dict(zip(names, params, strict=True)), (inputs,))
 
         self._forward = forward
-        leaves = [p for _, p in trainable_parameters(function)]  # the batch function's own parameters
+        # the batch function's own parameters
+        leaves = [p for _, p in named] if function is model else [p for _, p in trainable_parameters(function)]
         self._chain = None
         with torch.enable_grad(), exact_kernels():
             if chain_units(function) is not None:  # cached unit by unit: products need no primal pass

@@ -176,18 +176,19 @@ class CachedChain:
         units = chain_units(model)
         if units is None:
             raise TypeError(f"{type(model).__qualname__} is not an nn.Sequential chain")
-        owned = [(f"{name}.{n}", p) for name, module in units
-                 for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad]
-        shared = len({id(p) for _, p in owned}) != len(owned)
-        if shared or (params is not None and sorted(n for n, _ in owned) != sorted(params)):
+        owned = [[(n, p) for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad]
+                 for _, module in units]
+        flat = [(f"{name}.{n}", p) for (name, _), mine in zip(units, owned, strict=True) for n, p in mine]
+        shared = len({id(p) for _, p in flat}) != len(flat)
+        if shared or (params is not None and sorted(n for n, _ in flat) != sorted(params)):
             raise TypeError(f"{type(model).__qualname__}: its units do not use each trainable parameter once")
         self._units = []
         x = inputs
-        for name, module in units:
-            local = {n: params[f"{name}.{n}"] for n in _trainable(module)} if params is not None else {}
+        for (name, module), mine in zip(units, owned, strict=True):
+            local = {n: params[f"{name}.{n}"] for n, _ in mine} if params is not None else {}
             fed = x.clone() if getattr(module, "inplace", False) else x  # the cached input stays intact
             y = functional_call(module, local, (fed,)) if local else module(fed)
-            self._units.append((name, module, x.detach(), y, tuple(_trainable(module))))
+            self._units.append((name, module, x.detach(), y, tuple(n for n, _ in mine)))
             x = y
         self.outputs = x
         self._units = [(n, m, xi, y.detach(), local) for n, m, xi, y, local in self._units]

@@ -48,18 +48,9 @@ CONFIG_BASELINES: dict = {}  # the config's baselines (a problem may override it
 DEFAULT_OUT = HERE.parents[1] / "data" / "optimizer_benchmark"
 SHARED = [HERE.parents[2] / "shared" / "data", Path("/work/shared/data")]
 LOSSES = {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
-DEFAULT_FACTORIES = {
-    "sgn": lambda m, l: optim.SGN(m, l),
-    "kfac": lambda m, l: optim.KFAC(m, l),
-    "kflr": lambda m, l: optim.KFAC(m, l, curvature="kflr"),
-    "kfra": lambda m, l: optim.KFAC(m, l, curvature="kfra"),
-    "ekfac": lambda m, l: optim.KFAC(m, l, curvature="ekfac"),
-    "newton-summary": lambda m, l: optim.NewtonSummary(m, l),
-    "acp": lambda m, l: optim.ACP(m, l),
-    "centered-sgd": lambda m, l: optim.CenteredSGD(m, l),
-    "second-order-adaptive": lambda m, l: optim.SecondOrderAdaptive(m, l),
-}
-PAPER_CLASSES = {"sgn": optim.SGN, "kfac": optim.KFAC, "acp": optim.ACP, "newton-summary": optim.NewtonSummary}
+DEFAULT_FACTORIES = optim.DEFAULTS  # every curvlab optimiser at its defaults, by name
+PAPER_CLASSES = {"sgn": optim.SGN, "kfac": optim.KFAC, "acp": optim.ACP, "prong": optim.PRONG,
+                 "newton-summary": optim.NewtonSummary}
 
 
 class TorchStepper:

@@ -11,6 +11,8 @@ Pure maths pieces (no state; conjugate gradient is :mod:`curvlab.operators.cg`, 
 * :mod:`~curvlab.optim.kronecker_solve` – float64 damped Kronecker solves (π on the input factor);
 * :mod:`~curvlab.optim.distributed` – rank-averaging for identical data-parallel steps;
 * :mod:`~curvlab.optim.tuning` – biased random search for hyperparameters (George);
+* :mod:`~curvlab.optim.tangents` – J v through a cached Sequential chain (the GGN products' fast path);
+* :mod:`~curvlab.optim.registry` – every optimiser by name at its defaults (:data:`DEFAULTS`);
 
 and thin :class:`torch.optim.Optimizer` wrappers, one per file, all built as ``(model, loss_fn,
 **hyperparameters)`` and stepped with ``step(inputs, targets) -> loss`` (the loss before the update).
@@ -23,7 +25,8 @@ gradient or step with the parameters untouched (raising its damping, or raising
 * :class:`NewtonSummary` – per-group learning rates from a GroupedNewton summary (Wolinski);
 * :class:`ACP`, :class:`CenteredSGD` – amortised centred covariance preconditioner (George);
 * :class:`SecondOrderAdaptive` – McAllester's speculative second-order Adam (experimental);
-* :class:`KFAC` – Kronecker-factored curvature (Martens & Grosse 2015; Botev et al. 2017).
+* :class:`KFAC` – Kronecker-factored curvature (Martens & Grosse 2015; Botev et al. 2017);
+* :class:`PRONG` – natural neural networks, projected natural gradient on whitened inputs (Desjardins et al. 2015).
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ _PUBLIC = {
     "CenteredSGD": "curvlab.optim.centered_sgd",
     "SecondOrderAdaptive": "curvlab.optim.second_order_adaptive",
     "KFAC": "curvlab.optim.kfac",
+    "PRONG": "curvlab.optim.prong",
+    "DEFAULTS": "curvlab.optim.registry",
+    "build_default": "curvlab.optim.registry",
     "KroneckerCurvatureKind": "curvlab.optim.kfac",
     "KroneckerDamping": "curvlab.optim.kfac",
     "StepRescaling": "curvlab.optim.kfac",

@@ -46,10 +46,9 @@ import math
 import torch
 from torch import nn
 
-from curvlab.guards import check_dense_allocation
 from curvlab.optim.base import CurvatureOptimizer, all_finite
 from curvlab.optim.hyperparameters import HyperparameterError, check_int, check_range
-from curvlab.optim.linear_layers import LinearRecorder, linear_layers
+from curvlab.optim.linear_layers import LinearRecorder, input_covariance_inverse, linear_layers
 
 __all__ = ["ACP"]
 
@@ -153,7 +152,8 @@ class ACP(CurvatureOptimizer):
             floored += int(alpha > raw)
             alphas.append(alpha)
             if recompute:
-                inverses[i] = self._covariance_inverse(h, layer.bias is not None, group["eps"] / alpha)
+                inverses[i] = input_covariance_inverse(h, layer.bias is not None, group["eps"] / alpha,
+                                                       "ACP input covariance")
             scale = group["lr"] / alpha
             gw = grads[self._index[id(layer.weight)]]
             if layer.bias is not None:
@@ -171,12 +171,3 @@ class ACP(CurvatureOptimizer):
             return loss
         self.global_state["inverses"] = inverses
         return loss
-
-    @staticmethod
-    def _covariance_inverse(h: torch.Tensor, centred: bool, shift: float) -> torch.Tensor:
-        """(cov(h) + shift·I)⁻¹ (centred) or (E[hhᵀ] + shift·I)⁻¹, [in, in]."""
-        d = h.shape[1]
-        check_dense_allocation((d, d), h.dtype, "ACP input covariance")
-        z = h - h.mean(0) if centred else h
-        cov = z.T @ z / h.shape[0] + shift * torch.eye(d, dtype=h.dtype, device=h.device)
-        return torch.linalg.inv(cov)

@@ -6,7 +6,8 @@ layer outputs); every hook is removed on exit, also after an exception. For laye
 * ``inputs[name]``        h, [N, in]  (leading dimensions flattened into N);
 * ``output_grads[name]``  ∂L/∂a, [N, out] (with the loss's 1/Z), after a backward pass.
 
-:func:`linear_layers` lists the layers and refuses models with trainable parameters outside ``nn.Linear``.
+:func:`linear_layers` lists the layers and refuses models with trainable parameters outside ``nn.Linear``;
+:func:`input_covariance_inverse` is the damped inverse input covariance that ACP and PRONG precondition with.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import torch
 from torch import nn
 
 from curvlab.errors import UnsupportedModuleError
+from curvlab.guards import check_dense_allocation
 
-__all__ = ["LinearRecorder", "linear_layers"]
+__all__ = ["LinearRecorder", "input_covariance_inverse", "linear_layers"]
 
 
 def linear_layers(model: nn.Module, method: str) -> list[tuple[str, nn.Linear]]:
@@ -80,3 +82,20 @@ class LinearRecorder:
         return hook
 
 
+
+
+def input_covariance_inverse(h: torch.Tensor, centred: bool, shift: float, what: str) -> torch.Tensor:
+    """(cov(h) + shift·I)⁻¹ (``centred``, batch mean removed) or (E[hhᵀ] + shift·I)⁻¹ of inputs h [N, in].
+
+    The [in, in] allocation is checked against the memory budget first (``what`` names it).
+
+    Example:
+        >>> h = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+        >>> input_covariance_inverse(h, True, 1.0, "demo").diagonal().tolist()   # cov = diag(1, 0)
+        [0.5, 1.0]
+    """
+    d = h.shape[1]
+    check_dense_allocation((d, d), h.dtype, what)
+    z = h - h.mean(0) if centred else h
+    cov = z.T @ z / h.shape[0] + shift * torch.eye(d, dtype=h.dtype, device=h.device)
+    return torch.linalg.inv(cov)

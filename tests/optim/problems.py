@@ -68,6 +68,7 @@ OPTIMIZERS.update({
     "acp": lambda m, l: optim.ACP(m, l, lr=0.3, alpha="heuristic", eps=1e-3, period=3),
     "acp-fixed-alpha": lambda m, l: optim.ACP(m, l, lr=0.5, alpha=1.0, eps=1e-2, period=1),
     "centered-sgd": lambda m, l: optim.CenteredSGD(m, l, lr=0.1),
+    "prong": lambda m, l: optim.PRONG(m, l, period=3),
     "kfac-kflr": lambda m, l: optim.KFAC(m, l, curvature="kflr", damping=1e-3, ema_decay=0.5),
     "kfac-mc-klclip-momentum": lambda m, l: optim.KFAC(
         m, l, curvature="kfac", damping=1e-2, step_rescaling="kl-clip", kl_clip=1e-2, lr=0.5, momentum=0.5,
@@ -84,7 +85,7 @@ OPTIMIZERS.update({
 })
 
 #: optimisers with damping: a non-finite step raises the damping instead of an error
-DAMPED = {"kfac-kflr", "kfac-mc-klclip-momentum", "kfac-kfra", "kfac-ekfac", "sgn", "sgn-momentum-precond", "acp", "acp-fixed-alpha", "newton-summary", "newton-summary-adam-cubic"}
+DAMPED = {"prong", "kfac-kflr", "kfac-mc-klclip-momentum", "kfac-kfra", "kfac-ekfac", "sgn", "sgn-momentum-precond", "acp", "acp-fixed-alpha", "newton-summary", "newton-summary-adam-cubic"}
 
 #: required final/initial loss ratio after the conformance steps (default 0.7). The ACP α heuristic
 #: (max squared output gradient) overestimates the curvature while residuals are large, so it is slow.
@@ -148,14 +149,4 @@ DEFAULT_PROBLEMS: dict[str, Callable] = {
 }
 
 #: every curvlab optimiser, built with its defaults only
-DEFAULT_OPTIMIZERS: dict[str, Callable] = {
-    "sgn": lambda m, l: optim.SGN(m, l),
-    "kfac": lambda m, l: optim.KFAC(m, l),
-    "kfac-mc": lambda m, l: optim.KFAC(m, l, curvature="kfac"),
-    "kfra": lambda m, l: optim.KFAC(m, l, curvature="kfra"),
-    "ekfac": lambda m, l: optim.KFAC(m, l, curvature="ekfac"),
-    "newton-summary": lambda m, l: optim.NewtonSummary(m, l),
-    "acp": lambda m, l: optim.ACP(m, l),
-    "centered-sgd": lambda m, l: optim.CenteredSGD(m, l),
-    "second-order-adaptive": lambda m, l: optim.SecondOrderAdaptive(m, l),
-}
+DEFAULT_OPTIMIZERS: dict[str, Callable] = optim.DEFAULTS

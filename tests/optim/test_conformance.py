@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from curvlab.errors import CurvlabWarning, NonFiniteError
-from curvlab.optim import ACP, CurvatureOptimizer, NewtonSummary
+from curvlab.optim import ACP, PRONG, CurvatureOptimizer, NewtonSummary
 from tests.optim.problems import DAMPED, OPTIMIZERS, PROBLEMS, REQUIRED_RATIO
 
 STEPS = 8
@@ -85,7 +85,7 @@ def test_nan_loss_leaves_parameters_untouched(name):
 def _damping_raised(opt, before: dict, after: dict) -> bool:
     if isinstance(opt, NewtonSummary):  # λ scales the step: smaller is more damped
         return after["lr"] < before["lr"]
-    if isinstance(opt, ACP):  # Tikhonov ε
+    if isinstance(opt, (ACP, PRONG)):  # Tikhonov ε
         return after["eps"] > before["eps"]
     return after["damping"] > before["damping"]  # SGN ρ, KFAC γ
 

@@ -6,6 +6,9 @@
 * ``text``     – next-character prediction on the source of Python's own ``argparse`` module (it ships
   with every Python): windows of ``TEXT_BLOCK`` characters as [N, T] token ids, their next characters
   as [N, T] targets, the characters that occur as the vocabulary;
+* ``gratings`` – a generated CIFAR-style image task (for convolutional networks): 3 × 16 × 16 colour
+  gratings of 10 orientations (the class), with random phase, frequency, contrast and pixel noise,
+  3 000 images;
 * ``mnist``    – MNIST from a user-given ``.npz`` (keys ``images``/``labels``, or ``x``/``y``, or
   ``data`` for unlabelled images) or an IDX file (``*-images-idx3-ubyte[.gz]`` with the matching
   labels file beside it); pixels scaled to [0, 1].
@@ -34,7 +37,7 @@ from curvlab.guards import format_bytes, get_memory_budget
 
 __all__ = ["DATASETS", "SplitDataset", "load_dataset", "read_idx", "regular_file"]
 
-DATASETS = ("digits", "diabetes", "sine", "text", "mnist")
+DATASETS = ("digits", "diabetes", "sine", "text", "gratings", "mnist")
 #: characters per sequence of the ``text`` data set
 TEXT_BLOCK = 32
 
@@ -240,6 +243,22 @@ def _check_mnist(path: Path, x: np.ndarray, y: np.ndarray | None):
     return x.reshape(len(x), 1, 28, 28), y
 
 
+def _gratings(rng: np.random.Generator, n: int = 3000, size: int = 16, classes: int = 10):
+    """[n, 3, size, size] float images, labels [n]: a grating at orientation π·label/classes, random phase,
+    frequency (1.5–3 cycles per image), contrast (0.3–1) and colour phase, plus N(0, 1) pixel noise."""
+    labels = rng.integers(0, classes, n)
+    angle = np.pi * labels / classes
+    freq = rng.uniform(1.5, 3.0, n) * 2 * np.pi / size
+    phase, contrast = rng.uniform(0, 2 * np.pi, n), rng.uniform(0.3, 1.0, n)
+    colour = rng.uniform(0, 2 * np.pi, (n, 3))
+    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    along = np.cos(angle)[:, None, None] * i + np.sin(angle)[:, None, None] * j  # [n, size, size]
+    wave = freq[:, None, None] * along + phase[:, None, None]
+    x = contrast[:, None, None, None] * np.cos(wave[:, None] + colour[:, :, None, None])
+    x = x + rng.normal(0.0, 1.0, x.shape)
+    return x.astype(np.float64), labels.astype(np.int64)
+
+
 def _text(seed: int, test_fraction: float, limit: int | None) -> SplitDataset:
     """The ``text`` data set (module docstring): non-overlapping windows of the argparse source, split at random."""
     import argparse
@@ -290,6 +309,9 @@ def load_dataset(
         task, outputs, test_fraction = "regression", 1, 0.3
     elif name == "text":
         return _text(seed, test_fraction, limit)
+    elif name == "gratings":
+        x, y = _gratings(np.random.default_rng(seed))
+        task, outputs = "classification", 10
     elif name == "mnist":
         x, y = _read_mnist(path)
         if y is None:

@@ -17,6 +17,10 @@ ordering, see :mod:`curvlab.partition`), so learning-rate schedulers and ``param
   more cautious (damping raised, or the learning rate halved for methods without damping) and a
   :class:`CurvlabWarning` says so (``statistics()["rolled_back"] == 1``): the optimiser recovers
   instead of rejecting every later step;
+* BatchNorm running statistics are updated once per step, from the step's batch at the parameters
+  before the update (as a plain SGD step does): the extra loss evaluations of line searches, trust
+  regions and curvature passes leave them untouched (one no-grad forward pass per step, only for models
+  with train-mode BatchNorm);
 * ``load_state_dict`` validates the saved state against this model's parameters (count and shapes)
   before loading anything, and raises ``ValueError`` naming the mismatch.
 """
@@ -31,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from curvlab.autodiff import exact_kernels
+from curvlab.autodiff import batch_coupled_modules, exact_kernels
 from curvlab.errors import CurvlabWarning, NonFiniteError
 from curvlab.losses import loss_adapter
 from curvlab.partition import trainable_parameters
@@ -104,11 +108,22 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         self._batch = (inputs, targets)
         before = self._before = [p.detach().clone() for p in self.params]
         state_before = dict(self.global_state)  # shallow: subclasses replace state entries, never mutate them
+        norms = batch_coupled_modules(self.model)
+        if norms:  # one running-statistics update, then none from the step's internal evaluations
+            with torch.no_grad():
+                self.model(inputs)
+            modules = dict(self.model.named_modules())
+            running = {n: [b.clone() for b in modules[n].buffers(recurse=False)] for n in norms}
         try:
             with torch.enable_grad():
                 loss = self._step(inputs, targets)
         finally:
             self._batch = self._before = None
+            if norms:
+                with torch.no_grad():
+                    for n, saved in running.items():
+                        for b, v in zip(modules[n].buffers(recurse=False), saved, strict=True):
+                            b.copy_(v)
         if self._statistics["rejected"] == 0.0 and self._statistics["rolled_back"] == 0.0:
             self._previous = (before, state_before)  # before the accepted step, for a roll-back
         self.global_state["step"] += 1

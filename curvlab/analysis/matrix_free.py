@@ -34,13 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
+from scipy.sparse.linalg import LinearOperator
 from tqdm.auto import tqdm
 
 from curvlab.analysis.free_steps import ExactSteps, approximate_steps
 from curvlab.analysis.lanczos import SpectralFacts, overlap, spectral_norm_estimate
 from curvlab.analysis.matrices import as_vector, block_indices, group_labels
-from curvlab.analysis.probes import BlockSketch
+from curvlab.analysis.probes import BlockSketch, apply
 from curvlab.analysis.quality import Metric
+from curvlab.spectra import frobenius_norm
 
 __all__ = ["DEFAULT_PROBES", "compare_matrix_free"]
 
@@ -71,6 +73,7 @@ def compare_matrix_free(
     progress: bool = False,
     block_steps: bool = False,
     block_spectra: bool = False,
+    frobenius_method: str = "hutchinson",
     attrs: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Compare approximations with ``exact`` through products (layout: module docstring and ``compare``).
@@ -89,6 +92,10 @@ def compare_matrix_free(
             :data:`~curvlab.analysis.lanczos.DENSE_BLOCK`; by default those of the whole matrix and of the small
             blocks (materialised, when their rows add up to at most the sketch's m·S products) only, the
             others NaN.
+        frobenius_method: ``"hutchinson"`` (default: every block's relative Frobenius error from the shared
+            block probes) or ``"hutchpp"``: the whole matrix's by Hutch++ on C − Ĉ and on C
+            (:func:`curvlab.spectra.frobenius_norm`, 3·``num_probes`` products each; far smaller error bars
+            when the error matrix is nearly low-rank), the blocks' from the probes as before.
     """
     from curvlab.analysis.comparison import _LONG_NAMES, STEP_METRICS, _summary_variables
     from curvlab.analysis.steps import summary_steps
@@ -128,6 +135,9 @@ def compare_matrix_free(
 
     exact_facts = [SpectralFacts.of(exact, rows, k, size=size, generator=generator) if spectral_block(b) else None
                    for b, rows in enumerate(rows_of)] if spectral else []
+    if frobenius_method not in ("hutchinson", "hutchpp"):
+        raise ValueError(f"frobenius_method must be 'hutchinson' or 'hutchpp', got {frobenius_method!r}")
+    exact_norm = None
     for a, (name, approx) in enumerate(approximations.items()):
         bar.set_postfix_str(name)
         if tuple(approx.shape) != (size, size):
@@ -137,6 +147,14 @@ def compare_matrix_free(
         cos, cos_err = stats.cosine_similarity()
         if not blocks:  # one block: it is the whole matrix
             fro, fro_err, cos, cos_err = fro[-1:], fro_err[-1:], cos[-1:], cos_err[-1:]
+        if frobenius_method == "hutchpp":
+            fro, fro_err = np.array(fro, dtype=float), np.array(fro_err, dtype=float)
+            if exact_norm is None:
+                exact_norm = frobenius_norm(_operator(exact, size), "hutchpp", 3 * num_probes, generator=generator)
+            error = frobenius_norm(_difference(exact, approx, size), "hutchpp", 3 * num_probes, generator=generator)
+            fro[-1] = float(error.norm) / float(exact_norm.norm)
+            fro_err[-1] = fro[-1] * float(np.hypot(float(error.norm_error) / float(error.norm) if error.norm > 0 else 0.0,
+                                                    float(exact_norm.norm_error) / float(exact_norm.norm)))
         for m, metric in enumerate(metric_list):
             if metric is Metric.REL_FROBENIUS_ERROR:
                 mq[a, :, m], mq_err[a, :, m] = fro, fro_err
@@ -172,7 +190,7 @@ def compare_matrix_free(
         attrs={**dict(attrs or {}), "top_k": int(k), "method": "matrix-free", "num_probes": int(num_probes),
                "exact_products_sketch": int(sketch.num_products),
                "step_solver": "minres" if indefinite else "cg", "block_steps": int(block_steps),
-               "block_spectra": int(block_spectra)},
+               "block_spectra": int(block_spectra), "frobenius_method": frobenius_method},
     )
     if spectral:  # the reference's top k, from the Lanczos run the spectral metrics made anyway
         ds["eigenvalues"] = xr.DataArray(exact_facts[-1].values[::-1].copy(), dims="eigenvalue_index", attrs={
@@ -230,6 +248,20 @@ def _preconditioner(approximations: Mapping[str, Any]):
         if rep is not None and not isinstance(rep, torch.Tensor) and hasattr(rep, "solve"):
             return name, rep
     return None
+
+
+def _operator(matrix, size: int) -> LinearOperator:
+    return LinearOperator((size, size), matvec=lambda v: apply(matrix, torch.from_numpy(v)).numpy(),
+                          matmat=lambda v: apply(matrix, torch.from_numpy(v)).numpy(), dtype=np.float64)
+
+
+def _difference(exact, approx, size: int) -> LinearOperator:
+    """C − Ĉ through products."""
+    def product(v):
+        v = torch.from_numpy(v)
+        return (apply(exact, v) - apply(approx, v)).numpy()
+
+    return LinearOperator((size, size), matvec=product, matmat=product, dtype=np.float64)
 
 
 def _fro_norm(sketch: BlockSketch, b: int) -> float:

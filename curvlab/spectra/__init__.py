@@ -14,6 +14,7 @@ function                       result                                           
 :func:`eigvalsh`               whole spectrum, dense                              P
 :func:`trace`                  Hutchinson / Hutch++ estimate and standard error   ``num_matvecs``
 :func:`diagonal_estimate`      Hutchinson diagonal                                ``num_matvecs``
+:func:`frobenius_norm`         ‖A‖_F by Hutch++ / Hutchinson, standard error      ``num_matvecs``
 :func:`density`                stochastic Lanczos quadrature                      probes × steps
 :func:`block_spectra`          top-k of each diagonal block (restricted ops)      per group
 =============================  =================================================  ====================
@@ -22,7 +23,7 @@ function                       result                                           
 from curvlab.spectra.blocks import block_spectra
 from curvlab.spectra.density import density, lanczos_tridiagonal, quadrature_moments
 from curvlab.spectra.eigen import bottom_eigenvalues, eigvalsh, extreme_eigenvalues, top_eigenvalues
-from curvlab.spectra.trace import TraceMethod, diagonal_estimate, trace
+from curvlab.spectra.trace import TraceMethod, diagonal_estimate, frobenius_norm, trace
 
 __all__ = [
     "TraceMethod",
@@ -32,6 +33,7 @@ __all__ = [
     "diagonal_estimate",
     "eigvalsh",
     "extreme_eigenvalues",
+    "frobenius_norm",
     "lanczos_tridiagonal",
     "quadrature_moments",
     "top_eigenvalues",

@@ -115,3 +115,31 @@ def test_block_steps_are_left_out_by_default():
                  num_probes=4).quality
     steps = ds.step_quality.sel(approximation="kflr")
     assert np.isfinite(steps.sel(block="all")).all() and np.isnan(steps.sel(block="0")).all()
+
+
+def test_hutchpp_frobenius_error_agrees_with_dense_and_is_sharper():
+    """The whole matrix's relative Frobenius error of KFLR on a real GGN, by Hutch++ and by the block probes,
+    against the dense value: both within their error bars, Hutch++'s bar the narrower (the error is
+    dominated by few directions)."""
+    from curvlab.analysis.matrix_free import compare_matrix_free
+    from curvlab.analysis.quality import Metric
+    from curvlab.partition import Partition
+
+    model, loss_fn, x, y = BY_NAME["mlp-tanh-mse"].build(batch_size=12)
+    exact = curvlab.reference.ggn(model, loss_fn, x, y)
+    kflr = curvlab.compute(model, loss_fn, (x, y), ["kflr"], partition="layer", progress=False)["kflr"]
+    dense_kflr = kflr.dense().to(torch.float64)
+    truth = float(torch.linalg.matrix_norm(exact - dense_kflr) / torch.linalg.matrix_norm(exact))
+    partition = Partition.from_model(model, "layer")
+    results = {}
+    for method in ("hutchinson", "hutchpp"):
+        ds = compare_matrix_free(exact, {"kflr": dense_kflr}, partition=partition, metrics=[Metric.REL_FROBENIUS_ERROR],
+                                 num_probes=20, frobenius_method=method, seed=3)
+        value = float(ds.matrix_quality.sel(approximation="kflr", block="all", metric="rel_frobenius_error"))
+        error = float(ds.matrix_quality_error.sel(approximation="kflr", block="all", metric="rel_frobenius_error"))
+        assert abs(value - truth) <= 4 * error + 1e-9, (method, value, truth, error)
+        assert ds.attrs["frobenius_method"] == method
+        results[method] = error
+    assert results["hutchpp"] < results["hutchinson"], results
+    with pytest.raises(ValueError, match="frobenius_method"):
+        compare_matrix_free(exact, {"kflr": dense_kflr}, metrics=[Metric.REL_FROBENIUS_ERROR], frobenius_method="x")

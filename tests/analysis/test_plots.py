@@ -47,7 +47,10 @@ def test_block_comparison(setting):
     fig = plots.plot_block_comparison(e, {"diag": torch.diag(e.diagonal())}, part, "0.weight", "2.weight")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:2] == ["exact", "diag"]
-    assert fig.axes[0].get_xlabel() == "entries of group 2.weight"
+    assert fig.axes[0].get_xlabel() == "entries of 2.weight"
+    assert fig.axes[-1].get_ylabel().startswith("block entry (all panels)")  # one colour bar for every panel
+    labelled = plots.plot_block_comparison(e, {}, part, "2.weight", labels={"2.weight": "2 Linear (2×3)"})
+    assert labelled.axes[0].get_ylabel() == "entries of 2 Linear (2×3)"
     with pytest.raises(KeyError, match="no group"):
         plots.plot_block_comparison(e, {}, part, "missing")
 
@@ -55,6 +58,9 @@ def test_block_comparison(setting):
 def test_spectrum_and_density():
     fig = plots.plot_spectrum({"h": torch.tensor([2.0, -0.5, 1e-15]), "g": torch.tensor([2.0, 1.0, 0.0])})
     ax = fig.axes[0]
+    steps = plots.plot_spectrum({f"ggn, step {s}": torch.tensor([3.0, 2.0, 1.0]) * (s + 1) for s in range(3)})
+    lines = steps.axes[0].get_lines()
+    assert len({str(line.get_color()) for line in lines}) == 3 and len({line.get_marker() for line in lines}) == 3
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_yscale()) == ("rank", "|eigenvalue|", "log")
     grid = torch.linspace(-1, 3, 50)
     fig = plots.plot_density({"slq": (grid, torch.exp(-grid**2))}, eigenvalues={"exact": torch.randn(40)})

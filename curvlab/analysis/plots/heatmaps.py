@@ -116,24 +116,29 @@ def plot_summary(hbar, names: Sequence[str] | None = None, *, title: str | None 
         w, b = split
         panels = [("weight–weight", w, w), ("bias–bias", b, b), ("weight–bias", w, b)]
     size = max(max(len(r), len(c)) for _, r, c in panels)
-    fig, axes = new_figure(2, len(panels), panel_size=(1.4 + 0.5 * max(size, 4), 0.9 + 0.45 * max(size, 4)))
+    fig, axes = new_figure(2, len(panels), panel_size=(2.2 + 0.5 * max(size, 4), 1.8 + 0.45 * max(size, 4)))
+
+    def strip(n):
+        layer = n.rsplit(".", 1)[0] if split is not None else n
+        return (labels or {}).get(layer, layer)
+
+    def short(n):  # "1 Linear (16×64 + 16)" -> "1 Linear": column ticks stay narrow
+        return strip(n).split(" (")[0]
+
     for row, (what, matrix) in enumerate(mats.items()):
+        offdiag = matrix[~np.eye(len(names), dtype=bool)]
         for col, (label, rows, cols) in enumerate(panels):
             ax = axes[row * len(panels) + col]
-            def strip(n, split=split):
-                layer = n.rsplit(".", 1)[0] if split is not None else n
-                return (labels or {}).get(layer, layer)
-
-            offdiag = matrix[~np.eye(len(names), dtype=bool)]
             diverging_heatmap(ax, matrix[np.ix_(rows, cols)], label=f"normalised {what}",
                               limit=max(robust_limit(offdiag, 98.0), 1.0),
-                              xticklabels=[strip(names[j]) for j in cols],
-                              yticklabels=[strip(names[i]) for i in rows])
+                              xticklabels=[short(names[j]) for j in cols],
+                              yticklabels=[strip(names[i]) for i in rows] if col == 0 else False)
             ax.set_title(f"{what} {label}".strip())
             ax.set_xlabel("layer" if split is not None else "group")
-            ax.set_ylabel("layer" if split is not None else "group")
+            if col == 0:
+                ax.set_ylabel("layer" if split is not None else "group")
+                ax.tick_params(axis="y", labelrotation=0)
             ax.tick_params(axis="x", labelrotation=45)
-            ax.tick_params(axis="y", labelrotation=0)
     if title:
         fig.suptitle(title)
     return fig
@@ -207,9 +212,11 @@ def plot_block_comparison(exact, approximations: Mapping[str, object], partition
     nrows = -(-len(shown) // ncols)
     fig, axes = new_figure(nrows, ncols, panel_size=(3.9, 3.5))
     total = sum(int((np.isfinite(b) & (np.abs(b) > limit)).sum()) for b in shown.values())
+    label = labels or {}
+    row_name, col_name = (label.get(names[b], names[b]) for b in pick)
     for ax, (name, block) in zip(axes, shown.items(), strict=False):
-        diverging_heatmap(ax, block, label="block entry (all panels)", limit=limit, xticklabels=False,
-                          yticklabels=False, annot=False, cbar=ax is axes[min(ncols, len(shown)) - 1], clipped=total)
+        diverging_heatmap(ax, block, label="", limit=limit, xticklabels=False, yticklabels=False, annot=False,
+                          cbar=False)
         for pos in r_units:
             ax.axhline(pos, color="0.6", linewidth=0.3)
         for pos in c_units:
@@ -223,11 +230,13 @@ def plot_block_comparison(exact, approximations: Mapping[str, object], partition
         if c_ticks and len(c_ticks) <= 24:
             ax.set_xticks([t for t, _ in c_ticks], [lab for _, lab in c_ticks], fontsize=5, rotation=90)
         ax.set_title(name, color=method_style(name)["color"] if name != "exact" else "black")
-        ax.set_xlabel(f"entries of group {names[pick[1]]}", fontsize=8)
-        ax.set_ylabel(f"entries of group {names[pick[0]]}", fontsize=8)
+        ax.set_xlabel(f"entries of {col_name}", fontsize=8)
+        ax.set_ylabel(f"entries of {row_name}", fontsize=8)
     for ax in axes[len(shown):]:
         ax.set_axis_off()
-    label = labels or {}
+    bar_text = "block entry (all panels)" + (f"\nclipped to ±{limit:.3g}: {total} entries marked ×" if total else "")
+    fig.colorbar(axes[0].collections[0], ax=axes[: len(shown)], label=bar_text, shrink=0.6,
+                 extend="both" if total else "neither")
     cropped = len(rows_at) < int(block_indices(partition, partition.num_params)[pick[0]].numel())
     which = label.get(names[pick[0]], names[pick[0]])
     if pick[1] != pick[0]:

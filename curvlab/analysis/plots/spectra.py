@@ -29,12 +29,22 @@ def _numpy(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def _ramp(name: str, n: int) -> list:
+    """``n`` colours spread over the matplotlib colormap ``name`` (ends trimmed, so none is too pale)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps[name]
+    return [cmap(x) for x in np.linspace(0.0, 0.85, max(n, 1))]
+
+
 def plot_spectrum(eigenvalues: Mapping[str, object], *, title: str | None = None, floor: float = 1e-12):
     """Eigenvalues sorted by magnitude on a log axis, one line per matrix; negative ones as hollow markers.
 
     Pass the exact matrix and its approximations together to see them side by side: each method keeps its
     colour of every other figure (:func:`~curvlab.analysis.plots.style.method_style`); the first entry is
-    drawn thick. A spectrum known only in part (the top k by Lanczos) is drawn as markers.
+    drawn thick. Several spectra of one method (e.g. ``"ggn, step 0"``, ``"ggn, step 150"``) get a colour ramp
+    and a marker and line style each instead. A spectrum known only in part (the top k by Lanczos) is drawn
+    as markers.
 
     Args:
         eigenvalues: name -> [P] eigenvalues (tensor, array or DataArray).
@@ -43,6 +53,9 @@ def plot_spectrum(eigenvalues: Mapping[str, object], *, title: str | None = None
     fig, (ax,) = new_figure(panel_size=(6.4, 4.4))
     items = [(n, _numpy(v).reshape(-1)) for n, v in eigenvalues.items()]
     items = [(n, v) for n, v in items if np.isfinite(v).any()]
+    keys = [str(n).split(",")[0].split(" ")[0] for n, _ in items]
+    repeated = len(set(keys)) < len(keys)  # one method at several times: a colour ramp, a marker each
+    ramp = _ramp("viridis", len(items))
     for i, (name, lam) in enumerate(items):
         lam = lam[np.isfinite(lam)]
         order = np.argsort(-np.abs(lam))
@@ -52,6 +65,9 @@ def plot_spectrum(eigenvalues: Mapping[str, object], *, title: str | None = None
         key = str(name).split(",")[0].split(" ")[0]
         style = method_style(key)
         colour = "#000000" if i == 0 else style["color"] if key in METHOD_COLOURS else f"C{i}"
+        if repeated:
+            colour = ramp[i]
+            style = {**style, "marker": "os^Dv<>ph*"[i % 10], "linestyle": ("-", "--", "-.", ":")[i % 4]}
         few = lam.size <= 30
         n_kept = int(keep.sum())
         # sparse, staggered markers: curves that coincide stay distinguishable

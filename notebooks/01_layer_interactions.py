@@ -32,7 +32,13 @@ import torch
 from torch import nn
 
 import curvlab
-from curvlab.analysis import interaction_strength, offdiagonal_stats, plot_block_norms, plot_summary
+from curvlab.analysis import (
+    group_labels_of,
+    interaction_strength,
+    offdiagonal_stats,
+    plot_block_norms,
+    plot_summary,
+)
 
 SMOKE = os.environ.get("CURVLAB_SMOKE") == "1"
 HIDDEN, STEPS, SAMPLES = ((8,), 5, 64) if SMOKE else ((32, 32), 400, 512)
@@ -42,6 +48,7 @@ model = curvlab.models.build_model("mlp", data.sample_shape, data.num_outputs, h
 loss_fn = nn.CrossEntropyLoss()
 batch = (data.train[0][:SAMPLES], data.train[1][:SAMPLES])
 layers = curvlab.Partition.from_model(model, "layer")
+labels = group_labels_of(layers, model)  # "1 Linear (32×64 + 32)": every figure names layers by name and shape
 print(model, f"\nP = {layers.num_params} parameters in layers {layers.group_names}")
 
 
@@ -60,13 +67,14 @@ def snapshot():
 hessian_init, summary_init = snapshot()
 
 # %%
-plot_block_norms(hessian_init, layers, title="Hessian block norms at initialisation")
+plot_block_norms(hessian_init, layers, labels=labels, title="Hessian block norms at initialisation")
 
 # %%
-plot_block_norms(hessian_init, layers, interaction=True, title="interaction strength at initialisation")
+plot_block_norms(hessian_init, layers, interaction=True, labels=labels, title="interaction strength at initialisation")
 
 # %%
-plot_summary(summary_init.hbar, summary_init.group_names, title="GroupedNewton H̄ and H̄⁻¹ at initialisation")
+plot_summary(summary_init.hbar, summary_init.group_names, labels=labels,
+             title="GroupedNewton H̄ and H̄⁻¹ at initialisation")
 
 # %% [markdown]
 # Now train with plain SGD with momentum in our own loop.
@@ -87,10 +95,12 @@ print(f"after {STEPS} steps: training loss {loss.item():.3f}, test accuracy {acc
 hessian_trained, summary_trained = snapshot()
 
 # %%
-plot_block_norms(hessian_trained, layers, interaction=True, title=f"interaction strength after {STEPS} steps")
+plot_block_norms(hessian_trained, layers, interaction=True, labels=labels,
+                 title=f"interaction strength after {STEPS} steps")
 
 # %%
-plot_summary(summary_trained.hbar, summary_trained.group_names, title=f"GroupedNewton H̄ and H̄⁻¹ after {STEPS} steps")
+plot_summary(summary_trained.hbar, summary_trained.group_names, labels=labels,
+             title=f"GroupedNewton H̄ and H̄⁻¹ after {STEPS} steps")
 
 # %% [markdown]
 # How strong are the interactions? Mean and maximum of the off-diagonal entries, before and after training.

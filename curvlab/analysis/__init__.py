@@ -60,6 +60,7 @@ _NAMES = {
     "netcdf": None,
     "report": None,
     "plots": None,
+    "group_labels_of": "plots",
     "plot_block_comparison": "plots",
     "plot_block_norms": "plots",
     "plot_damping_curves": "plots",

@@ -244,6 +244,10 @@ def measure(
     batches = list(iter_batches(data))
     chosen = choose_method(part.num_params, method, dense_limit)
     base_attrs = {k: v for k, v in dict(attrs or {}).items() if v is not None}
+    if "group_labels" not in base_attrs:  # figures name blocks by qualified name, type and shape
+        from curvlab.analysis.plots.style import group_labels_of
+
+        base_attrs["group_labels"] = json.dumps(group_labels_of(part, model))
     gradient = _reference.gradient(model, loss_fn, batches).detach().to(torch.float64)
     reps = _representations()
     matrices: dict[str, torch.Tensor] = {}

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -91,6 +92,24 @@ def _series(ds: xr.Dataset, metric: str, block: str, damping: float | None) -> x
     raise KeyError(f"no metric {metric!r} in the dataset")
 
 
+def block_name(ds: xr.Dataset, block: str) -> str:
+    """How a figure names ``block``: ``"whole matrix"`` for ``"all"``, else its label from the dataset's
+    ``group_labels`` attribute (qualified name, type, shape), else ``"block <name>"``.
+
+    Example:
+        >>> ds = xr.Dataset(attrs={"group_labels": '{"1": "1 Linear (16×64 + 16)"}'})
+        >>> block_name(ds, "1"), block_name(ds, "all"), block_name(xr.Dataset(), "2")
+        ('1 Linear (16×64 + 16)', 'whole matrix', 'block 2')
+    """
+    if block == "all":
+        return "whole matrix"
+    try:
+        labels = json.loads(ds.attrs.get("group_labels", "{}"))
+    except (TypeError, ValueError):
+        labels = {}
+    return labels.get(block, f"block {block}")
+
+
 def plot_metric_curves(ds: xr.Dataset, metrics: Sequence[str] = ("rel_frobenius_error", "step_cosine"), *,
                        block: str = "all", damping: float | None = None, title: str | None = None):
     """One panel per metric: the metric against training ``step``, one line per approximation.
@@ -114,8 +133,8 @@ def plot_metric_curves(ds: xr.Dataset, metrics: Sequence[str] = ("rel_frobenius_
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(_LABELS.get(metric, metric))
         _axis_scale(ax, metric, series.values)
-        ax.set_title(f"{metric} (block {block}" + (f", λ={damping:g})" if metric in ("step_cosine", "decrease_ratio")
-                                                    and damping is not None else ")"))
+        ax.set_title(f"{metric} ({block_name(ds, block)}" + (f", λ={damping:g})" if metric in (
+            "step_cosine", "decrease_ratio") and damping is not None else ")"))
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
@@ -145,7 +164,7 @@ def plot_damping_curves(ds: xr.Dataset, metrics: Sequence[str] = ("step_cosine",
         ax.set_xlabel("damping λ")
         ax.set_ylabel(_LABELS.get(metric, metric))
         _axis_scale(ax, metric, series.values)
-        ax.set_title(f"{metric} (block {block})")
+        ax.set_title(f"{metric} ({block_name(ds, block)})")
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)

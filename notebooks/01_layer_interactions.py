@@ -32,13 +32,7 @@ import torch
 from torch import nn
 
 import curvlab
-from curvlab.analysis import (
-    group_labels_of,
-    interaction_strength,
-    offdiagonal_stats,
-    plot_block_norms,
-    plot_summary,
-)
+from curvlab.analysis import group_labels_of, interaction_strength, offdiagonal_stats, plot_block_norms, plot_summary
 
 SMOKE = os.environ.get("CURVLAB_SMOKE") == "1"
 HIDDEN, STEPS, SAMPLES = ((8,), 5, 64) if SMOKE else ((32, 32), 400, 512)

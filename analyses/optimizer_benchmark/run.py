@@ -236,6 +236,11 @@ def run_problem(name: str, spec: dict, config: dict, quick: bool) -> xr.Dataset 
 # ------------------------------------------------------------------ analysis
 
 
+def budget_checkpoint(ds: xr.Dataset) -> int:
+    """The checkpoint at the curvlab update budget (the problem's own ``eval_every`` spacing)."""
+    return int(np.searchsorted(ds.updates.values, int(ds.attrs["curvlab_updates"])))
+
+
 def tuned(ds: xr.Dataset, family: str, budget_checkpoint: int) -> str | None:
     names = [str(s) for s, f in zip(ds.setting.values, ds.family.values, strict=True) if f == family]
     if not names:
@@ -433,7 +438,7 @@ def main(argv=None) -> dict:
                 skipped[name] = spec.get("skip", "not run")
                 continue
             result = xr.load_dataset(args.out / f"{name}.nc")
-            budget = int(result.attrs["curvlab_updates"]) // config["eval_every"]
+            budget = budget_checkpoint(result)
             rows_by_problem[name] = compare(result, budget)
             plot(result, name, args.out, budget)
             if result.attrs.get("excluded", "none") != "none":
@@ -445,7 +450,7 @@ def main(argv=None) -> dict:
             print(f"{name}: refused: {result}")
             continue
         datasets[name] = result
-        budget = int(result.attrs["curvlab_updates"]) // config["eval_every"]
+        budget = budget_checkpoint(result)
         write_netcdf(result, args.out / f"{name}{suffix}.nc", overwrite=True)
         if suffix:
             continue  # per-seed part: merged and summarised by --summarize

@@ -325,15 +325,22 @@ class KFAC(CurvatureOptimizer):
         group = self._group()
         state = self.global_state
         step = state["step"] + 1
-        quad = GaussNewtonQuadratic(self.model, self.loss_fn, inputs, targets)
-        loss, grad = quad.loss, quad.gradient
-        weight = quad.adapter.normalizer(quad.outputs)
+        rescaling = StepRescaling(group["step_rescaling"])
+        rescale_due = "step_scale" not in state or (step - 1) % group["rescale_period"] == 0
+        measure = group["adaptive_damping"] and (step - 1) % group["damping_period"] == 0
+        if (rescaling is StepRescaling.QUADRATIC and rescale_due) or measure:  # the quadratic model is needed
+            quad = GaussNewtonQuadratic(self.model, self.loss_fn, inputs, targets)
+            loss, grad, outputs = quad.loss, quad.gradient, quad.outputs
+        else:  # a plain gradient step's forward/backward
+            quad = None
+            loss, grads = self._loss_and_grad(inputs, targets, keep_outputs=True)
+            outputs, loss = self._outputs, loss.detach()
+            grad = torch.cat([g.reshape(-1) for g in grads])
+        weight = self.adapter.normalizer(outputs)
         if is_distributed():  # the full-batch loss and gradient on every rank: identical steps
             loss, grad = weighted_mean([loss, grad], weight)
-        if not all_finite(loss):
-            return self._reject("loss", loss)
-        if not all_finite(grad):
-            return self._reject("gradient", loss)
+        if not all_finite([loss, grad]):
+            return self._reject("loss" if not all_finite(loss) else "gradient", loss)
         # Everything below is computed into locals and committed only once the step is accepted:
         # a rejected or interrupted step leaves the curvature state as it was.
         first = "factors" not in state
@@ -351,9 +358,7 @@ class KFAC(CurvatureOptimizer):
             direction, pis = self._precondition(solvers, grad, damping, mode)
         except (KroneckerSolveError, NonFiniteError, torch.linalg.LinAlgError, ValueError, FloatingPointError):
             return self._reject("curvature (its factors or their eigendecomposition)", loss)
-        rescaling = StepRescaling(group["step_rescaling"])
         curvature = None
-        rescale_due = "step_scale" not in state or (step - 1) % group["rescale_period"] == 0
         if rescaling is StepRescaling.QUADRATIC and rescale_due:
             curvature = weighted_mean([quad.curvature_along(direction)], weight)[0]
             scale = quadratic_step_scale(direction, grad, curvature, damping)
@@ -367,7 +372,6 @@ class KFAC(CurvatureOptimizer):
         buf = state.get("momentum_buffer")
         if group["momentum"] > 0 and buf is not None:
             update = group["momentum"] * buf + update
-        measure = group["adaptive_damping"] and (step - 1) % group["damping_period"] == 0
         predicted = math.nan
         if measure and all_finite(update):
             if curvature is not None and (group["momentum"] == 0 or buf is None):  # update = −ηα d

@@ -7,7 +7,8 @@ Pure maths pieces (no state; conjugate gradient is :mod:`curvlab.operators.cg`, 
 * :mod:`~curvlab.optim.line_search` – backtracking Armijo line search;
 * :mod:`~curvlab.optim.step_scaling` – quadratic-model step rescaling and KL clipping;
 * :mod:`~curvlab.optim.hyperparameters` – validation (:class:`HyperparameterError` names the culprit);
-* :mod:`~curvlab.optim.linear_layers` – a hook context manager recording ``nn.Linear`` inputs/gradients;
+* :mod:`~curvlab.optim.linear_layers` – a hook context manager recording the input rows and output gradients of
+  linear and convolutional layers;
 * :mod:`~curvlab.optim.kronecker_solve` – float64 damped Kronecker solves (π on the input factor);
 * :mod:`~curvlab.optim.distributed` – rank-averaging for identical data-parallel steps;
 * :mod:`~curvlab.optim.tuning` – biased random search for hyperparameters (George);

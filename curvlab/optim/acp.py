@@ -31,8 +31,11 @@ user's choice and is used as given. ``statistics()["alpha_floored"]`` counts the
 floor tied to the input variance, ε/α ≤ v̄, was tried and rejected: it stalls ACP on the MNIST
 autoencoder, whose well-behaved α are ~1e-5.)
 
-Only ``nn.Linear`` layers are supported. Cost per step: one forward/backward plus, per layer, an
-[in, in] product; every ``period`` steps an [in, in] inverse per layer.
+Layers: ``nn.Linear`` and ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``, zero padding; h is then a receptive-field
+patch and the statistics run over samples and output locations, :mod:`~curvlab.optim.linear_layers`); the
+affine parameters of normalisation layers take the plain step −λ∇; other modules are refused. Cost per
+step: one forward/backward plus, per layer, an [in, in] product; every ``period`` steps an [in, in]
+inverse per layer.
 
 References:
     T. George. Factorized second order methods in neural networks. Master's thesis, Université de
@@ -48,7 +51,12 @@ from torch import nn
 
 from curvlab.optim.base import CurvatureOptimizer, all_finite
 from curvlab.optim.hyperparameters import HyperparameterError, check_int, check_range
-from curvlab.optim.linear_layers import LinearRecorder, input_covariance_inverse, linear_layers
+from curvlab.optim.linear_layers import (
+    LinearRecorder,
+    input_covariance_inverse,
+    linear_layers,
+    weight_matrix,
+)
 
 __all__ = ["ACP"]
 
@@ -57,7 +65,8 @@ class ACP(CurvatureOptimizer):
     """Amortised centred covariance preconditioner for MLPs (see the module docstring).
 
     Args:
-        model, loss_fn: an MLP (trainable parameters in ``nn.Linear`` only) and a supported loss.
+        model, loss_fn: a network of linear and convolutional layers (see the module docstring) and a
+            supported loss.
         lr: λ > 0 (default 0.05; with ε = 1e-2 it decreases the loss on the tiny regression, the MNIST MLP
             and the MNIST autoencoder; 0.1 oscillates on the tiny regression).
         alpha: a positive float, or ``"heuristic"``.
@@ -139,7 +148,7 @@ class ACP(CurvatureOptimizer):
         recompute = "inverses" not in self.global_state or (step - 1) % group["period"] == 0
         inverses = list(self.global_state.get("inverses", [None] * len(self.layers)))
         alphas, raws, floored = [], [], 0
-        updates = [torch.zeros_like(p) for p in self.params]
+        updates = [-group["lr"] * g for g in grads]  # normalisation layers: the plain gradient step
         for name, _ in self.layers:
             raws.append(self._alpha(group, rec.output_grads.get(name), normalizer))
         finite = [a for a in raws if math.isfinite(a)]
@@ -155,7 +164,7 @@ class ACP(CurvatureOptimizer):
                 inverses[i] = input_covariance_inverse(h, layer.bias is not None, group["eps"] / alpha,
                                                        "ACP input covariance")
             scale = group["lr"] / alpha
-            gw = grads[self._index[id(layer.weight)]]
+            gw = weight_matrix(layer, grads[self._index[id(layer.weight)]])
             if layer.bias is not None:
                 h_mean = h.mean(0)
                 gb = grads[self._index[id(layer.bias)]]
@@ -163,7 +172,7 @@ class ACP(CurvatureOptimizer):
                 updates[self._index[id(layer.bias)]] = -scale * gb - dw @ h_mean
             else:
                 dw = -scale * gw @ inverses[i]
-            updates[self._index[id(layer.weight)]] = dw
+            updates[self._index[id(layer.weight)]] = dw.reshape(layer.weight.shape)
         self._statistics.update(
             alpha=torch.tensor(alphas), eps=group["eps"], recomputed=float(recompute), alpha_floored=float(floored)
         )

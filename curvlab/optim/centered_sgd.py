@@ -7,7 +7,9 @@ the batch mean h̄; the bias takes the plain gradient step:
     Δb = −λ ∇_b L
 
 This is ACP (:class:`~curvlab.optim.ACP`) without the inverse covariance, isolating the centring trick.
-Only ``nn.Linear`` layers are supported; there is no damping, so a non-finite loss, gradient or step
+Layers: ``nn.Linear`` and ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``, zero padding; h is a receptive-field
+patch, the means run over samples and output locations); normalisation layers' affine parameters take the
+plain step; other modules are refused. There is no damping, so a non-finite loss, gradient or step
 raises :class:`~curvlab.errors.NonFiniteError` with the parameters untouched.
 
 References:
@@ -21,7 +23,7 @@ from torch import nn
 
 from curvlab.optim.base import CurvatureOptimizer, all_finite
 from curvlab.optim.hyperparameters import check_range
-from curvlab.optim.linear_layers import LinearRecorder, linear_layers
+from curvlab.optim.linear_layers import LinearRecorder, linear_layers, weight_matrix
 
 __all__ = ["CenteredSGD"]
 
@@ -30,7 +32,8 @@ class CenteredSGD(CurvatureOptimizer):
     """Gradient descent with input-centred weight updates (see the module docstring).
 
     Args:
-        model, loss_fn: an MLP (trainable parameters in ``nn.Linear`` only) and a supported loss.
+        model, loss_fn: a network of linear and convolutional layers (see the module docstring) and a
+            supported loss.
         lr: λ > 0 (default 0.3: 0.01 barely moved, 0.86–0.98 of the initial loss after 10–30 steps).
 
     ``statistics()`` keys: ``loss``, ``input_mean_norm`` [layers] (‖h̄‖), ``rejected``.
@@ -68,7 +71,8 @@ class CenteredSGD(CurvatureOptimizer):
             h_mean = rec.inputs[name].mean(0)
             g_sum = rec.output_grads[name].sum(0)
             w = self._index[id(layer.weight)]
-            updates[w] = -group["lr"] * (grads[w] - torch.outer(g_sum, h_mean))
+            centred = weight_matrix(layer, grads[w]) - torch.outer(g_sum, h_mean)
+            updates[w] = -group["lr"] * centred.reshape(layer.weight.shape)
             norms.append(float(h_mean.norm()))
         self._statistics["input_mean_norm"] = torch.tensor(norms)
         self._apply(updates, loss)

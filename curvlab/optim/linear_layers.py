@@ -1,49 +1,97 @@
-"""Recording the inputs and output gradients of ``nn.Linear`` layers during one forward/backward pass.
+"""Recording the inputs and output gradients of linear maps (``nn.Linear``, convolutions) during one pass.
+
+ACP, PRONG and centred SGD precondition each linear map a = W h + b by statistics of its input rows h.
+For ``nn.Linear`` a row is one sample (leading dimensions flattened); for a convolution (``nn.Conv1d``/
+``nn.Conv2d``, ``groups=1``, zero padding) a row is one receptive-field patch of one sample at one output
+location (``unfold``), and W is the weight as an [out, in·kernel] matrix, as in KFAC for convolutions
+(Grosse & Martens 2016). The gradient of W is then Σ_rows g hᵀ over samples *and* locations.
 
 :class:`LinearRecorder` is a context manager owning forward hooks (and, through them, tensor hooks on the
-layer outputs); every hook is removed on exit, also after an exception. For layer a = W h + b it records
+layer outputs); every hook is removed on exit, also after an exception. For each layer it records
 
-* ``inputs[name]``        h, [N, in]  (leading dimensions flattened into N);
-* ``output_grads[name]``  ∂L/∂a, [N, out] (with the loss's 1/Z), after a backward pass.
+* ``inputs[name]``        h, [rows, in]  (rows: samples, or samples × output locations);
+* ``output_grads[name]``  ∂L/∂a, [rows, out] (with the loss's 1/Z), after a backward pass.
 
-:func:`linear_layers` lists the layers and refuses models with trainable parameters outside ``nn.Linear``;
-:func:`input_covariance_inverse` is the damped inverse input covariance that ACP and PRONG precondition with.
+:func:`linear_layers` lists the layers. The affine parameters of normalisation layers (BatchNorm,
+LayerNorm, GroupNorm) are left to the optimisers' plain gradient step; any other module with trainable
+parameters is refused, naming it. :func:`input_covariance_inverse` is the damped inverse input
+covariance that ACP and PRONG precondition with.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from curvlab.errors import UnsupportedModuleError
 from curvlab.guards import check_dense_allocation
 
-__all__ = ["LinearRecorder", "input_covariance_inverse", "linear_layers"]
+__all__ = ["LinearRecorder", "input_covariance_inverse", "linear_layers", "weight_matrix"]
+
+#: modules whose (elementwise affine) parameters take the plain gradient step
+NORMALISATIONS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
-def linear_layers(model: nn.Module, method: str) -> list[tuple[str, nn.Linear]]:
-    """``(name, layer)`` for every ``nn.Linear`` with trainable parameters; raise if another module has some.
+def _convolution(module: nn.Module) -> bool:
+    return (type(module) in (nn.Conv1d, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str))
+
+
+def linear_layers(model: nn.Module, method: str) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` for every ``nn.Linear`` or supported convolution with trainable parameters; raise if
+    a module other than those and normalisation layers has some.
 
     Example:
-        >>> [n for n, _ in linear_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)), "ACP")]
+        >>> [n for n, _ in linear_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 1)), "ACP")]
         ['0', '2']
     """
     layers = []
     for name, module in model.named_modules():
         own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        if not own:
+        if not own or isinstance(module, NORMALISATIONS):
             continue
-        if type(module) is not nn.Linear:
+        if type(module) is not nn.Linear and not _convolution(module):
+            grouped = " (grouped or non-zero-padded convolutions are not)" if isinstance(module, nn.modules.conv._ConvNd) else ""
             raise UnsupportedModuleError(
-                f"{method} supports trainable parameters in torch.nn.Linear layers only; module {name!r} is a "
+                f"{method} preconditions nn.Linear and nn.Conv1d/Conv2d layers (groups=1, zero padding) and steps "
+                f"normalisation layers plainly{grouped}; module {name!r} is a "
                 f"{type(module).__module__}.{type(module).__qualname__}"
             )
         layers.append((name, module))
     return layers
 
 
+def weight_matrix(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A weight-shaped tensor as the [out, in·kernel] matrix of the layer's linear map (a view)."""
+    return tensor.reshape(layer.weight.shape[0], -1)
+
+
+def _rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input rows h of a layer: [samples, in] or, for a convolution, [samples·locations, in·kernel]."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, module.in_features)
+    if isinstance(module, nn.Conv1d):  # as a 1 × k two-dimensional convolution
+        x = x.unsqueeze(-2)
+        kernel, dilation, padding, stride = ((1, module.kernel_size[0]), (1, module.dilation[0]),
+                                             (0, module.padding[0]), (1, module.stride[0]))
+    else:
+        kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
+    if x.ndim == 3:  # an unbatched input
+        x = x.unsqueeze(0)
+    patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [N, in·k, L]
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def _output_rows(module: nn.Module, grad: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Linear):
+        return grad.reshape(-1, module.out_features)
+    batched = grad.ndim == module.weight.ndim  # [N, out, *spatial] (weight: [out, in, *kernel])
+    return grad.movedim(1 if batched else 0, -1).reshape(-1, module.out_channels)
+
+
 class LinearRecorder:
-    """Context manager recording inputs and output gradients of the given ``nn.Linear`` layers.
+    """Context manager recording input rows and output gradients of the given layers (see the module docstring).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
@@ -53,7 +101,7 @@ class LinearRecorder:
         (torch.Size([4, 3]), torch.Size([4, 3]), 0)
     """
 
-    def __init__(self, layers: list[tuple[str, nn.Linear]], record_grads: bool = True) -> None:
+    def __init__(self, layers: list[tuple[str, nn.Module]], record_grads: bool = True) -> None:
         self.layers = layers
         self.record_grads = record_grads
         self.inputs: dict[str, torch.Tensor] = {}
@@ -72,16 +120,14 @@ class LinearRecorder:
 
     def _forward_hook(self, name: str):
         def hook(module, args, output):
-            self.inputs[name] = args[0].detach().reshape(-1, module.in_features)
+            self.inputs[name] = _rows(module, args[0].detach())
             if self.record_grads and output.requires_grad:
-                def store(grad, name=name, features=module.out_features):
-                    self.output_grads[name] = grad.detach().reshape(-1, features)
+                def store(grad, name=name, module=module):
+                    self.output_grads[name] = _output_rows(module, grad.detach())
 
                 output.register_hook(store)
 
         return hook
-
-
 
 
 def input_covariance_inverse(h: torch.Tensor, centred: bool, shift: float, what: str) -> torch.Tensor:

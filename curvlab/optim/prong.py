@@ -22,9 +22,11 @@ centring: U = (E[hhᵀ] + εI)^(−1/2), ΔW = −η ∇_W L (E[hhᵀ] + εI)⁻
 reparametrisation, not the current batch's, there is no output-gradient scale α, and ε is added to the
 covariance itself.
 
-Only ``nn.Linear`` layers are supported (the whitened convolutions of the paper are not). Cost per step:
-one forward/backward and an [out, in] × [in, in] product per layer; every ``period`` steps an [in, in]
-inverse per layer.
+Layers: ``nn.Linear`` and ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``, zero padding), whose whitened input is
+the receptive-field patch, with μ and Σ over samples and output locations (the paper's whitened
+convolutions; :mod:`~curvlab.optim.linear_layers`); normalisation layers' affine parameters take the plain
+step −η∇; other modules are refused. Cost per step: one forward/backward and an [out, in] × [in, in]
+product per layer; every ``period`` steps an [in, in] inverse per layer.
 
 References:
     G. Desjardins, K. Simonyan, R. Pascanu, K. Kavukcuoglu. Natural neural networks. NeurIPS 2015.
@@ -37,7 +39,12 @@ from torch import nn
 
 from curvlab.optim.base import CurvatureOptimizer, all_finite
 from curvlab.optim.hyperparameters import check_int, check_range
-from curvlab.optim.linear_layers import LinearRecorder, input_covariance_inverse, linear_layers
+from curvlab.optim.linear_layers import (
+    LinearRecorder,
+    input_covariance_inverse,
+    linear_layers,
+    weight_matrix,
+)
 
 __all__ = ["PRONG"]
 
@@ -46,7 +53,8 @@ class PRONG(CurvatureOptimizer):
     """Natural neural networks' projected natural gradient for MLPs (see the module docstring).
 
     Args:
-        model, loss_fn: an MLP (trainable parameters in ``nn.Linear`` only) and a supported loss.
+        model, loss_fn: a network of linear and convolutional layers (see the module docstring) and a
+            supported loss.
         lr: η > 0, the SGD step on the whitened parameters (default 0.3: with ε = 0.1 it decreases the loss on
             the tiny regression, the MNIST MLP and the MNIST autoencoder; 1.0 diverges on the tiny regression,
             0.1 barely moves the autoencoder).
@@ -100,21 +108,21 @@ class PRONG(CurvatureOptimizer):
             return self._reject("gradient", loss)
         reparametrise = "whitening" not in self.global_state or (step - 1) % group["period"] == 0
         whitening = list(self.global_state.get("whitening", [None] * len(self.layers)))
-        updates = [torch.zeros_like(p) for p in self.params]
+        updates = [-group["lr"] * g for g in grads]  # normalisation layers: the plain gradient step
         for i, (name, layer) in enumerate(self.layers):
             h, centred = rec.inputs[name], layer.bias is not None
             if reparametrise:
                 mean = h.mean(0) if centred else None
                 whitening[i] = (mean, input_covariance_inverse(h, centred, group["eps"], "PRONG input covariance"))
             mean, inverse = whitening[i]
-            gw = grads[self._index[id(layer.weight)]]
+            gw = weight_matrix(layer, grads[self._index[id(layer.weight)]])
             if centred:
                 gb = grads[self._index[id(layer.bias)]]
                 dw = -group["lr"] * (gw - torch.outer(gb, mean)) @ inverse
                 updates[self._index[id(layer.bias)]] = -group["lr"] * gb - dw @ mean
             else:
                 dw = -group["lr"] * gw @ inverse
-            updates[self._index[id(layer.weight)]] = dw
+            updates[self._index[id(layer.weight)]] = dw.reshape(layer.weight.shape)
         self._statistics.update(eps=group["eps"], reparametrised=float(reparametrise))
         if not self._apply(updates, loss):
             return loss

@@ -79,9 +79,11 @@ def test_layer_without_bias_uses_uncentred_moment():
 
 
 def test_refuses_other_modules_and_bad_hyperparameters():
-    conv = nn.Sequential(nn.Conv2d(1, 1, 2), nn.Flatten(), nn.Linear(4, 1))
-    with pytest.raises(UnsupportedModuleError, match="'0' is a torch.nn.modules.conv.Conv2d"):
-        ACP(conv, nn.MSELoss())
+    grouped = nn.Sequential(nn.Conv2d(2, 2, 2, groups=2), nn.Flatten(), nn.Linear(8, 1))
+    with pytest.raises(UnsupportedModuleError, match="grouped.*'0' is a torch.nn.modules.conv.Conv2d"):
+        ACP(grouped, nn.MSELoss())
+    with pytest.raises(UnsupportedModuleError, match="'0' is a torch.nn.modules.sparse.Embedding"):
+        ACP(nn.Sequential(nn.Embedding(5, 2), nn.Linear(2, 1)), nn.MSELoss())
     model = nn.Linear(2, 1)
     for kw, name in [({"alpha": "max"}, "alpha"), ({"alpha": -1.0}, "alpha"), ({"eps": 0.0}, "eps"),
                      ({"period": 0}, "period"), ({"lr": float("inf")}, "lr")]:

@@ -31,7 +31,7 @@ def test_quick_benchmark_writes_netcdf_figures_and_summary(tmp_path):
         pytest.skip("the shared MNIST extracts are not in ../shared/data")
     result = _load().main(["--quick", "--out", str(tmp_path)])
     assert set(result["rows"]) == {"sine", "diabetes", "mnist-mlp", "mnist-autoencoder", "resnet"}
-    assert "UnsupportedModuleError" in result["skipped"]["resnet (excluded settings)"]
+    assert "KFRA" in result["skipped"]["resnet (excluded settings)"]
     for name in result["rows"]:
         for ext in ("nc", "png", "svg"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 0, (name, ext)

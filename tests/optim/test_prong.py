@@ -87,8 +87,30 @@ def test_whitening_fixes_badly_scaled_inputs():
     assert losses[-1] < 1e-8 * losses[0]
 
 
-def test_prong_refuses_convolutions_naming_the_module():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+def test_prong_on_a_convolution_equals_sgd_on_its_whitened_patches():
+    """A convolution is the linear map of its receptive-field patches: PRONG on it equals PRONG on the
+    equivalent nn.Linear fed the unfolded patches (one location per output pixel, 3 × 3 output)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 2).double()
+    linear = nn.Linear(8, 3).double()
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.reshape(3, -1))
+        linear.bias.copy_(conv.bias)
+    x = torch.randn(6, 2, 4, 4, dtype=torch.float64)
+    y = torch.randn(6, 3, 3, 3, dtype=torch.float64)
+    patches = nn.functional.unfold(x, 2).transpose(1, 2).reshape(-1, 8)  # [6·9, 8]
+    targets = y.permute(0, 2, 3, 1).reshape(-1, 3)
+    a = optim.PRONG(conv, nn.MSELoss(reduction="sum"), lr=0.01, eps=0.1)
+    b = optim.PRONG(linear, nn.MSELoss(reduction="sum"), lr=0.01, eps=0.1)
+    for _ in range(3):
+        a.step(x, y)
+        b.step(patches, targets)
+    torch.testing.assert_close(conv.weight.detach().reshape(3, -1), linear.weight.detach())
+    torch.testing.assert_close(conv.bias.detach(), linear.bias.detach())
+
+
+def test_prong_refuses_other_modules_naming_them():
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.Flatten(), nn.Linear(2, 2))
     with pytest.raises(UnsupportedModuleError, match="module '0'.*Conv2d"):
         optim.PRONG(model, nn.CrossEntropyLoss())
 

@@ -191,20 +191,22 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         return self.adapter(outputs, targets)
 
     def _loss_and_grad(
-        self, inputs: torch.Tensor, targets: torch.Tensor, create_graph: bool = False, keep_outputs: bool = False
+        self, inputs: torch.Tensor, targets: torch.Tensor, create_graph: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``(loss, gradients)``; gradients shaped like the parameters (zeros where unused). With
-        ``keep_outputs`` the detached model outputs are left in ``self._outputs``."""
-        if keep_outputs:
-            with exact_kernels():
-                outputs = self.model(inputs)
-            self._outputs = outputs.detach()
-            loss = self.adapter(outputs, targets)
-        else:
-            loss = self._loss(inputs, targets)
+        """``(loss, gradients)``; gradients shaped like the parameters (zeros where unused)."""
+        _, loss, grads = self._forward_backward(inputs, targets, create_graph)
+        return loss, grads
+
+    def _forward_backward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, create_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """``(detached outputs, loss, gradients)`` of one plain forward/backward pass."""
+        with exact_kernels():
+            outputs = self.model(inputs)
+        loss = self.adapter(outputs, targets)
         grads = torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
-        return loss, grads
+        return outputs.detach(), loss, grads
 
     @torch.no_grad()
     def _evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

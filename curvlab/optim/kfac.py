@@ -333,9 +333,8 @@ class KFAC(CurvatureOptimizer):
             loss, grad, outputs = quad.loss, quad.gradient, quad.outputs
         else:  # a plain gradient step's forward/backward
             quad = None
-            loss, grads = self._loss_and_grad(inputs, targets, keep_outputs=True)
-            outputs, loss = self._outputs, loss.detach()
-            grad = torch.cat([g.reshape(-1) for g in grads])
+            outputs, loss, grads = self._forward_backward(inputs, targets)
+            loss, grad = loss.detach(), torch.cat([g.reshape(-1) for g in grads])
         weight = self.adapter.normalizer(outputs)
         if is_distributed():  # the full-batch loss and gradient on every rank: identical steps
             loss, grad = weighted_mean([loss, grad], weight)

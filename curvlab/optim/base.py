@@ -269,17 +269,18 @@ class CurvatureOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _apply(self, updates: Sequence[torch.Tensor], loss: torch.Tensor) -> bool:
-        """Add ``updates`` to the parameters if all are finite; else reject. Returns True if applied."""
-        if not all_finite(updates):
-            self._reject("step", loss)
-            return False
+        """Add ``updates`` to the parameters if the result is finite; else undo and reject. True if applied.
+
+        One check covers both failures: the parameters are finite before the step, so a non-finite update
+        makes them non-finite too; finite updates can also overflow them.
+        """
         saved = getattr(self, "_before", None) or [p.detach().clone() for p in self.params]
         for p, u in zip(self.params, updates, strict=True):
             p.add_(u)
-        if not all_finite(self.params):  # finite updates can still overflow the parameters
+        if not all_finite(self.params):
             for p, q in zip(self.params, saved, strict=True):
                 p.copy_(q)
-            self._reject("updated parameters", loss)
+            self._reject("step" if not all_finite(updates) else "updated parameters", loss)
             return False
         return True
 

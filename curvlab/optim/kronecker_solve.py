@@ -174,6 +174,11 @@ class FactoredInverse:
     inv_g: torch.Tensor
     pi: float
 
+    def __post_init__(self) -> None:
+        # the weight block P of the input inverse, contiguous (a strided [I, I] view multiplies ~20 % slower)
+        inputs = self.inv_a.shape[0] - 1
+        self._block = self.inv_a[:inputs, :inputs].contiguous() if self.layout.bias else None
+
     @classmethod
     def build(cls, factors, damping: float, dtype: torch.dtype | None = None) -> FactoredInverse:
         A, G = factors.A.detach().to(torch.float64), factors.G.detach().to(torch.float64)
@@ -205,7 +210,7 @@ class FactoredInverse:
             return (self.inv_g @ (g.view(out_features, width) @ self.inv_a)).reshape(-1)
         inputs = width - 1
         weights, bias = g[: out_features * inputs].view(out_features, inputs), g[out_features * inputs:]
-        block, row = self.inv_a[:inputs, :inputs], self.inv_a[inputs]
+        block, row = self._block, self.inv_a[inputs]
         d_w = self.inv_g @ torch.addr(weights @ block, bias, row[:inputs])
         d_b = self.inv_g @ torch.addmv(row[inputs] * bias, weights, row[:inputs])
         return torch.cat([d_w.reshape(-1), d_b])

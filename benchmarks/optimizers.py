@@ -5,10 +5,12 @@ Problems: the MNIST MLP 784-128-128-10 (tanh, cross-entropy) and the MNIST autoe
 shared extracts (``--mnist``/``--images``, default ../shared/data), or random inputs of the same shape.
 
 SGN runs exactly 3 CG iterations (``cg_tol=0``). Each method runs ``--steps`` consecutive steps
-(default 40, so KFAC refreshes its inverses twice at its default period 20) on a stream of batches after ``--warmup`` untimed steps; the cost is the mean CPU time
-(``time.process_time``) and wall time per step. The reference is ``torch.optim.SGD`` (forward,
-backward, update), measured the same way in the same process, interleaved in ``--repeats`` rounds; the
-reported ratio is the median over rounds. Targets (issue 13): KFAC ≤ 3×, SGN with 3 CG iterations ≤ 6×.
+(default 40, so KFAC refreshes its inverses twice at its default period 20) on a stream of batches
+after ``--warmup`` untimed steps; the cost is the mean CPU time (``time.process_time``) and wall time
+per step. The reference is ``torch.optim.SGD`` (forward,
+backward, update), measured the same way in the same process right after each method in each of
+``--repeats`` rounds (paired, so that the machine's drift cancels); the reported ratio is the median of
+the paired ratios. Targets (issue 13): KFAC ≤ 3×, SGN with 3 CG iterations ≤ 6×.
 
 Usage:
     python benchmarks/optimizers.py [--problems mlp,autoencoder] [--methods "sgd|kfac (defaults)"]
@@ -149,16 +151,19 @@ def main(argv=None) -> dict:
     for pname in args.problems.split(","):
         build, loss_fn, batches = problems(args.batch, args.quick)[pname]
         rounds = {name: [] for name in names}
+        paired = {name: [] for name in names}  # the SGD measurement taken right after each method's
         for _ in range(args.repeats):
             for name in names:
-                rounds[name].append(run_method(METHODS[name], build, loss_fn, batches, args.steps, args.warmup))
-        base_cpu = [r[0] for r in rounds["sgd"]]
-        base_wall = [r[1] for r in rounds["sgd"]]
+                timing = run_method(METHODS[name], build, loss_fn, batches, args.steps, args.warmup)
+                paired[name].append(timing if name == "sgd" else
+                                    run_method(METHODS["sgd"], build, loss_fn, batches, args.steps, args.warmup))
+                rounds[name].append(timing)
         print(f"\n{pname}: batch {args.batch}, {args.steps} steps, {args.repeats} rounds, threads={args.threads}")
         print(f"{'method':24s} {'ms/step (cpu)':>14s} {'ratio cpu':>10s} {'ratio wall':>11s} {'target':>7s}")
         for name in names:
             cpu = [r[0] for r in rounds[name]]
             wall = [r[1] for r in rounds[name]]
+            base_cpu, base_wall = [r[0] for r in paired[name]], [r[1] for r in paired[name]]
             ratio_cpu = statistics.median(c / b for c, b in zip(cpu, base_cpu, strict=True))
             ratio_wall = statistics.median(c / b for c, b in zip(wall, base_wall, strict=True))
             target = TARGETS.get(name)

@@ -12,8 +12,11 @@ Every run makes ``updates`` optimiser updates (the baselines ``baseline_update_f
 their curves span the curvlab optimisers' CPU time) on mini-batches of a per-seed shuffle; the training
 loss on a fixed evaluation subset is recorded every ``eval_every`` updates with the CPU time
 (``time.process_time``, evaluation excluded) spent so far. A run whose loss becomes non-finite or
-whose optimiser raises is marked diverged (NaN from there on). "Tuned" Adam / SGD-momentum is the grid
-learning rate with the lowest mean final loss over the seeds, at the curvlab update budget.
+whose optimiser raises is marked diverged (NaN from there on). Besides the learning-rate grids, Adam and
+SGD-momentum are tuned by biased random search (``curvlab.optim.biased_random_search``, George's algorithm
+1; ``tuner`` in the config: the learning rate, and SGD's momentum, on a tuning seed that is not an
+evaluation seed, each trial a full baseline run). "Tuned" Adam / SGD-momentum is the setting of the grid or
+the search with the lowest mean loss over the seeds at the curvlab update budget.
 
 Outputs (``--out``, default ``data/optimizer_benchmark/``): ``<problem>.nc`` (loss and CPU seconds against
 updates, dims setting × seed × checkpoint, with provenance; the curvlab settings are NaN past their
@@ -108,6 +111,40 @@ def build_model(spec: dict, in_shape: tuple[int, ...], out_features: int, seed: 
     return model
 
 
+BASELINE_CLASSES = {"adam": torch.optim.Adam, "sgd-momentum": torch.optim.SGD}
+
+
+def tune_baselines(name: str, spec: dict, config: dict, n_updates: int) -> list[tuple[str, str, float, object]]:
+    """Adam and SGD-momentum tuned by biased random search (George, alg. 1; ``optim.biased_random_search``)
+    over the learning rate (and SGD's momentum), each trial a run of ``n_updates`` updates on the tuning seed
+    (not one of the evaluation seeds), its cost the final training loss. The settings found are baselines
+    beside the grid; "tuned" is then the best of both."""
+    tuner = config.get("tuner")
+    if not tuner:
+        return []
+    data = load_problem(spec, tuner["seed"], config.get("limit"))
+    x, y = data
+    out_features = y.shape[1] if spec["loss"] != "ce" else 10
+    eval_data = (x[: config["eval_samples"]], y[: config["eval_samples"]])
+    out = []
+    for family, space in tuner["space"].items():
+        cls = BASELINE_CLASSES[family]
+
+        def objective(hp, cls=cls):
+            model = build_model(spec, tuple(x.shape[1:]), out_features, tuner["seed"], config.get("hidden_scale", 1.0))
+            losses, _, error = train(lambda m, l: TorchStepper(m, l, cls, **hp), model, LOSSES[spec["loss"]](), data,
+                                     eval_data, spec["batch_size"], n_updates, n_updates, tuner["seed"])
+            return math.inf if error else losses[-1]
+
+        found = optim.biased_random_search(objective, {k: tuple(v) for k, v in space.items()}, tuner["budget"],
+                                           seed=tuner["seed"])
+        hp = {k: float(f"{v:.3g}") for k, v in found.best.items()}
+        label = f"{family} (random search: " + ", ".join(f"{k}={v:g}" for k, v in hp.items()) + ")"
+        print(f"{name:18s} {label}: tuning loss {found.best_cost:.4g} over {tuner['budget']} trials", flush=True)
+        out.append((label, family, hp["lr"], lambda m, l, cls=cls, hp=hp: TorchStepper(m, l, cls, **hp)))
+    return out
+
+
 def settings(config: dict, full_batch: bool) -> list[tuple[str, str, float, object]]:
     """(label, family, hyperparameter, factory(model, loss)) for every setting of a problem."""
     out = []
@@ -179,23 +216,32 @@ def train(factory, model, loss_fn, data, eval_data, batch: int | None, updates: 
     return losses[:n], seconds[:n], error
 
 
-def run_problem(name: str, spec: dict, config: dict, quick: bool) -> xr.Dataset | str:
-    if "skip" in spec:
-        return spec["skip"]
+def problem_config(spec: dict, config: dict) -> dict:
+    """The run configuration of one problem: the shared one with the problem's own budgets and grids."""
     config = {**config, **{k: spec[k] for k in ("updates", "eval_every", "baseline_update_factor", "baselines")
-                         if k in spec}}
+                           if k in spec}}
     if "baselines" in spec:
         config["baselines"] = {**json.loads(json.dumps(CONFIG_BASELINES)), **spec["baselines"]}
+    return config
+
+
+def run_problem(name: str, spec: dict, config: dict, quick: bool, only: list | None = None) -> xr.Dataset | str:
+    """Every setting of a problem on every seed (or only the settings ``only``, e.g. tuned baselines to add)."""
+    if "skip" in spec:
+        return spec["skip"]
+    config = problem_config(spec, config)
     updates, every = config["updates"], config["eval_every"]
     factor = int(config.get("baseline_update_factor", 1))
     labels, results = None, {}
+    tuned_baselines = tune_baselines(name, spec, config, updates * factor) if only is None else []
     for seed in config["seeds"]:
         data = load_problem(spec, seed, config.get("limit"))
         x, y = data
         out_features = y.shape[1] if spec["loss"] != "ce" else 10
         eval_data = (x[: config["eval_samples"]], y[: config["eval_samples"]])
         batch = None if (spec["full_batch"] and spec.get("force_full", False)) else spec["batch_size"]
-        all_settings = [s for s in settings(config, spec["full_batch"]) if s[0] not in spec.get("exclude", [])]
+        all_settings = only if only is not None else [
+            s for s in tuned_baselines + settings(config, spec["full_batch"]) if s[0] not in spec.get("exclude", [])]
         labels = [s[0] for s in all_settings]
         for label, family, _, factory in all_settings:
             model = build_model(spec, tuple(x.shape[1:]), out_features, seed, config.get("hidden_scale", 1.0))
@@ -206,7 +252,7 @@ def run_problem(name: str, spec: dict, config: dict, quick: bool) -> xr.Dataset 
             results[(label, seed)] = (losses, secs, error)
             print(f"{name:18s} {label:60s} seed {seed}: loss {losses[0]:.4g} -> {losses[updates // every]:.4g} "
                   f"({secs[updates // every]:.2f} s){'  ' + error if error else ''}", flush=True)
-    meta = {s[0]: (s[1], s[2]) for s in settings(config, spec["full_batch"])}
+    meta = {s[0]: (s[1], s[2]) for s in (only or []) + tuned_baselines + settings(config, spec["full_batch"])}
     excluded = f"{', '.join(spec['exclude'])}: {spec.get('exclude_reason', '')}" if spec.get("exclude") else "none"
     n = updates * factor // every + 1
     loss = np.full((len(labels), len(config["seeds"]), n), np.nan)
@@ -237,8 +283,8 @@ def run_problem(name: str, spec: dict, config: dict, quick: bool) -> xr.Dataset 
 
 
 def budget_checkpoint(ds: xr.Dataset) -> int:
-    """The checkpoint at the curvlab update budget (the problem's own ``eval_every`` spacing)."""
-    return int(np.searchsorted(ds.updates.values, int(ds.attrs["curvlab_updates"])))
+    """The last checkpoint within the curvlab update budget (the problem's own ``eval_every`` spacing)."""
+    return int(np.searchsorted(ds.updates.values, int(ds.attrs["curvlab_updates"]), side="right")) - 1
 
 
 def tuned(ds: xr.Dataset, family: str, budget_checkpoint: int) -> str | None:
@@ -402,6 +448,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", default=None, help="comma-separated subset of the config's seeds (one process "
                         "per seed; files <problem>.seed<k>.nc, merged by --summarize)")
     parser.add_argument("--summarize", action="store_true", help="only rebuild figures and summary from the .nc files in --out")
+    parser.add_argument("--add-tuned", action="store_true", help="tune Adam and SGD-momentum by biased random search "
+                        "and add them to the existing .nc files in --out (then --summarize)")
     args = parser.parse_args(argv)
     config = json.loads(args.config.read_text())
     config["paper_labels"] = list(config["papers"])
@@ -427,6 +475,24 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     rows_by_problem, skipped, datasets = {}, {}, {}
     for name in problems:
+        if args.add_tuned:
+            spec, path = config["problems"][name], args.out / f"{name}.nc"
+            if "skip" in spec or not path.is_file():
+                continue
+            result = xr.load_dataset(path)
+            if any(str(s).startswith(("adam (random search", "sgd-momentum (random search"))
+                   for s in result.setting.values):
+                continue
+            run_config = problem_config(spec, config)
+            found = tune_baselines(name, spec, run_config, run_config["updates"] * int(
+                run_config.get("baseline_update_factor", 1)))
+            extra = run_problem(name, spec, {**config, "seeds": [int(s) for s in result.seed.values]}, False,
+                                only=found)
+            merged = xr.concat([result, extra], dim="setting", data_vars="minimal", coords="minimal",
+                               compat="override", combine_attrs="override")
+            merged.attrs["tuner"] = json.dumps(config.get("tuner"))
+            write_netcdf(merged, path, overwrite=True)
+            continue
         if args.summarize:
             spec = config["problems"][name]
             parts = sorted(args.out.glob(f"{name}.seed*.nc"))

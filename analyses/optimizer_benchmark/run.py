@@ -450,6 +450,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--summarize", action="store_true", help="only rebuild figures and summary from the .nc files in --out")
     parser.add_argument("--add-tuned", action="store_true", help="tune Adam and SGD-momentum by biased random search "
                         "and add them to the existing .nc files in --out (then --summarize)")
+    parser.add_argument("--add", default="", help="settings (labels of the config, '|'-separated) to run and add to "
+                        "the existing .nc files in --out (then --summarize)")
     args = parser.parse_args(argv)
     config = json.loads(args.config.read_text())
     config["paper_labels"] = list(config["papers"])
@@ -475,17 +477,24 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     rows_by_problem, skipped, datasets = {}, {}, {}
     for name in problems:
-        if args.add_tuned:
+        if args.add_tuned or args.add:
             spec, path = config["problems"][name], args.out / f"{name}.nc"
             if "skip" in spec or not path.is_file():
                 continue
             result = xr.load_dataset(path)
-            if any(str(s).startswith(("adam (random search", "sgd-momentum (random search"))
-                   for s in result.setting.values):
-                continue
+            have = {str(s) for s in result.setting.values}
             run_config = problem_config(spec, config)
-            found = tune_baselines(name, spec, run_config, run_config["updates"] * int(
-                run_config.get("baseline_update_factor", 1)))
+            found = []
+            if args.add_tuned and not any(s.startswith(("adam (random search", "sgd-momentum (random search"))
+                                          for s in have):
+                found = tune_baselines(name, spec, run_config, run_config["updates"] * int(
+                    run_config.get("baseline_update_factor", 1)))
+            wanted = [label for label in args.add.split("|") if label and label not in have
+                      and label not in spec.get("exclude", [])]
+            found += [s for s in settings({**run_config, "paper_labels": wanted, "defaults": []}, spec["full_batch"])
+                      if s[0] in wanted]
+            if not found:
+                continue
             extra = run_problem(name, spec, {**config, "seeds": [int(s) for s in result.seed.values]}, False,
                                 only=found)
             merged = xr.concat([result, extra], dim="setting", data_vars="minimal", coords="minimal",

@@ -155,6 +155,21 @@ class GaussNewtonQuadratic:
         jv = self.jvp(vector)
         return (jv * output_hessian_product(self.adapter, self.outputs, jv)).sum() * self.scale
 
+    def curvature_gram(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        """[k, k] matrix of v_iᵀ G v_j for k [P] vectors, from k J v products (no VJP).
+
+        Example:
+            >>> _ = torch.manual_seed(0); model = nn.Linear(3, 2).double()
+            >>> x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+            >>> q = GaussNewtonQuadratic(model, nn.MSELoss(), x, y); a, b = torch.randn(2, 8, dtype=torch.float64)
+            >>> bool(torch.isclose(q.curvature_gram([a, b])[0, 1], a @ q.ggn_matvec(b)))
+            True
+        """
+        jvs = [self.jvp(v) for v in vectors]
+        hjvs = [output_hessian_product(self.adapter, self.outputs, jv) for jv in jvs]
+        gram = torch.stack([torch.stack([(a * h).sum() for h in hjvs]) for a in jvs]) * self.scale
+        return 0.5 * (gram + gram.T)
+
     def ggn_diagonal(self) -> torch.Tensor:
         """diag(G) [P], exactly, from per-sample Jacobians: (1/Z) Σ_n Σ_k ((S_nᵀ J_n)_k)², S_n S_nᵀ = H_n.
 

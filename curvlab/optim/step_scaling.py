@@ -4,6 +4,8 @@ For a preconditioned direction d (the step is θ ← θ − α d) and gradient g
 
 * :func:`quadratic_step_scale` minimises the damped Gauss–Newton model m(−αd) = L − α gᵀd + ½ α² dᵀ(G + γI)d,
   α* = gᵀd / (dᵀGd + γ dᵀd), capped at ``cap`` (1 in Botev et al. 2017) and 0 below;
+* :func:`quadratic_momentum_step` minimises the same model over a step α(−d) + μ δ_prev jointly in α and the
+  momentum μ (Martens & Grosse 2015, §7): a 2 × 2 linear system in the curvature Gram of (−d, δ_prev);
 * :func:`kl_clip_scale` bounds the predicted KL change of the natural-gradient step of length η:
   ν = min(1, sqrt(κ / (η² gᵀd))) (K-FAC implementations of Martens & Grosse 2015).
 """
@@ -14,7 +16,7 @@ import math
 
 import torch
 
-__all__ = ["kl_clip_scale", "quadratic_step_scale"]
+__all__ = ["kl_clip_scale", "quadratic_momentum_step", "quadratic_step_scale"]
 
 
 def quadratic_step_scale(d: torch.Tensor, g: torch.Tensor, gd: torch.Tensor, damping: float, cap: float = 1.0) -> float:
@@ -46,3 +48,28 @@ def kl_clip_scale(d: torch.Tensor, g: torch.Tensor, lr: float, kl_clip: float) -
     if vg <= 0:
         return 1.0
     return min(1.0, math.sqrt(kl_clip / vg))
+
+
+def quadratic_momentum_step(gram: torch.Tensor, g_dots: torch.Tensor, damping: float,
+                            norms: torch.Tensor) -> tuple[float, float]:
+    """(α, μ) minimising m(α u + μ v) = (α, μ)·b + ½ (α, μ)(Γ + γN)(α, μ)ᵀ for u = −d, v = δ_prev.
+
+    Args:
+        gram: [2, 2] Γ_ij = u_iᵀ G u_j; g_dots: [2] b = (gᵀu, gᵀv); norms: [2, 2] N_ij = u_iᵀu_j; damping: γ.
+
+    Returns (nan, nan) when the damped system is not positive definite (the caller falls back to α alone).
+
+    Example:
+        >>> quadratic_momentum_step(torch.eye(2, dtype=torch.float64), torch.tensor([-1.0, -2.0], dtype=torch.float64),
+        ...                         0.0, torch.eye(2, dtype=torch.float64))
+        (1.0, 2.0)
+    """
+    system = (gram + damping * norms).to(torch.float64)
+    rhs = -g_dots.to(torch.float64)
+    if not (bool(torch.isfinite(system).all()) and bool(torch.isfinite(rhs).all())):
+        return math.nan, math.nan
+    det = float(system[0, 0] * system[1, 1] - system[0, 1] * system[1, 0])
+    if not (float(system[0, 0]) > 0 and det > 1e-12 * float(system[0, 0] * system[1, 1])):
+        return math.nan, math.nan
+    alpha, mu = torch.linalg.solve(system, rhs).tolist()
+    return float(alpha), float(mu)

@@ -75,6 +75,7 @@ OPTIMIZERS.update({
         stats_period=2, inverse_period=3, ema_decay=0.9,
     ),
     "kfac-kfra": lambda m, l: optim.KFAC(m, l, curvature="kfra", damping=1e-3, inverse_period=2),
+    "kfac-quadratic-momentum": lambda m, l: optim.KFAC(m, l, step_rescaling="quadratic-momentum"),
     "kfac-ekfac": lambda m, l: optim.KFAC(m, l, curvature="ekfac", damping=1e-3),
     "newton-summary": lambda m, l: optim.NewtonSummary(m, l, damping=0.5, partition="canonical"),
     "newton-summary-adam-cubic": lambda m, l: optim.NewtonSummary(
@@ -85,7 +86,7 @@ OPTIMIZERS.update({
 })
 
 #: optimisers with damping: a non-finite step raises the damping instead of an error
-DAMPED = {"prong", "kfac-kflr", "kfac-mc-klclip-momentum", "kfac-kfra", "kfac-ekfac", "sgn", "sgn-momentum-precond", "acp", "acp-fixed-alpha", "newton-summary", "newton-summary-adam-cubic"}
+DAMPED = {"prong", "kfac-quadratic-momentum", "kfac-kflr", "kfac-mc-klclip-momentum", "kfac-kfra", "kfac-ekfac", "sgn", "sgn-momentum-precond", "acp", "acp-fixed-alpha", "newton-summary", "newton-summary-adam-cubic"}
 
 #: required final/initial loss ratio after the conformance steps (default 0.7). The ACP α heuristic
 #: (max squared output gradient) overestimates the curvature while residuals are large, so it is slow.

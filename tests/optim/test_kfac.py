@@ -146,3 +146,36 @@ def test_factored_damping_puts_pi_on_the_input_factor_hand_derived_2x2():
     opt.step(x, y)
     assert opt.statistics()["pi"].tolist() == pytest.approx([pi])
     torch.testing.assert_close(reference.flat_parameters(model), -d, rtol=1e-10, atol=1e-12)
+
+
+def test_quadratic_momentum_step_minimises_the_two_dimensional_model():
+    """(α, μ) solve the normal equations of m(αu + μv) = gᵀ(αu + μv) + ½ (αu + μv)ᵀ(G + γI)(αu + μv), and no
+    perturbation of them does better (float64, a random PSD G)."""
+    from curvlab.optim.step_scaling import quadratic_momentum_step
+
+    g_ = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 6, generator=g_, dtype=torch.float64)
+    G, grad = a @ a.T, torch.randn(6, generator=g_, dtype=torch.float64)
+    u, v = torch.randn(2, 6, generator=g_, dtype=torch.float64)
+    gamma = 0.3
+    vectors = torch.stack([u, v])
+    alpha, mu = quadratic_momentum_step(vectors @ G @ vectors.T, vectors @ grad, gamma, vectors @ vectors.T)
+
+    def model(al, m):
+        step = al * u + m * v
+        return float(grad @ step + 0.5 * step @ (G + gamma * torch.eye(6, dtype=torch.float64)) @ step)
+
+    best = model(alpha, mu)
+    for da, dm in [(1e-3, 0), (-1e-3, 0), (0, 1e-3), (0, -1e-3), (1e-3, 1e-3)]:
+        assert model(alpha + da, mu + dm) > best
+    singular = torch.ones(2, 2, dtype=torch.float64)
+    assert all(map(math.isnan, quadratic_momentum_step(singular, torch.ones(2, dtype=torch.float64), 0.0, singular)))
+
+
+def test_kfac_quadratic_momentum_uses_the_previous_update():
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    x = torch.randn(64, 3, dtype=torch.float64)
+    y = torch.sin(x.sum(1, keepdim=True))
+    opt = KFAC(model, nn.MSELoss(), step_rescaling="quadratic-momentum")
+    losses = [float(opt.step(x, y)) for _ in range(15)]
+    assert "last_update" in opt.global_state and losses[-1] < 0.2 * losses[0]

@@ -338,13 +338,16 @@ def plot(ds: xr.Dataset, name: str, out: Path, budget_checkpoint: int) -> None:
     keep = [tuned(ds, "adam", budget_checkpoint), tuned(ds, "sgd-momentum", budget_checkpoint)]
     keep += [str(s) for s, f in zip(ds.setting.values, ds.family.values, strict=True) if f in ("default", "paper", "lbfgs")]
     fig, axes = plt.subplots(1, 2, figsize=(15, 5.2), sharey=True, layout="constrained")
+    papers_seen: dict[str, int] = {}
     for setting in (s for s in keep if s):
         family = str(ds.family.sel(setting=setting).values)
         method = setting.split("(")[0].split(" ")[0]  # one colour and marker per method in every figure
         k = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-        style = dict(color=plt.cm.tab20(k / 20), marker="osD^v<>ph*XP"[k % 12], markevery=2, markersize=4,
-                     markerfacecolor="none",
-                     linestyle={"adam": "-", "sgd-momentum": "-", "lbfgs": ":", "default": "--"}.get(family, "-."),
+        nth = papers_seen[method] = papers_seen.get(method, -1) + (family == "paper")  # a second paper row differs
+        paper_style = ["-.", ":", (0, (5, 1, 1, 1, 1, 1))][max(nth, 0) % 3]
+        style = dict(color=plt.cm.tab20(k / 20), marker="osD^v<>ph*XP"[(k + max(nth, 0) * 5) % 12], markevery=2,
+                     markersize=4, markerfacecolor="none",
+                     linestyle={"adam": "-", "sgd-momentum": "-", "lbfgs": ":", "default": "--"}.get(family, paper_style),
                      linewidth=2.5 if family in ("adam", "sgd-momentum") else 1.3,
                      label=setting + (" [tuned]" if family in ("adam", "sgd-momentum") else ""))
         loss, sec = curve(ds, setting), curve(ds, setting, "cpu_seconds")

@@ -185,7 +185,8 @@ class SGN(CurvatureOptimizer):
             return self._reject("step", loss)
 
         t = group["lr"]
-        start = [p.detach().clone() for p in self.params]
+        start = self._before if self._before is not None else [p.detach().clone() for p in self.params]
+        placed = [0.0]  # the step size the parameters are at now (start + t d)
         slope = float(torch.dot(grad, d))
         actual = predicted = ratio = float("nan")
         tries = 0
@@ -195,6 +196,7 @@ class SGN(CurvatureOptimizer):
             def loss_at(step_size: float) -> float:
                 if step_size not in cache:
                     self._set_params(start, d, step_size)
+                    placed[0] = step_size
                     cache[step_size] = float(self._evaluate(inputs, targets))
                 return cache[step_size]
 
@@ -218,7 +220,8 @@ class SGN(CurvatureOptimizer):
                 return self._reject("loss after the step", loss)
         if beta > 0:
             self.global_state["momentum_buffer"] = buf
-        self._set_params(start, d, t)
+        if placed[0] != t:  # the line search may have ended on an earlier try's step size
+            self._set_params(start, d, t)
         self._statistics.update(
             step_size=t,
             step_norm=t * float(d.norm()),
@@ -234,7 +237,7 @@ class SGN(CurvatureOptimizer):
         offset = 0
         for p, p0 in zip(self.params, start, strict=True):
             n = p.numel()
-            p.copy_(p0 + t * d[offset : offset + n].view_as(p))
+            torch.add(p0, d[offset : offset + n].view_as(p), alpha=t, out=p)
             offset += n
 
     @staticmethod

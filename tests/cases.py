@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from curvlab.models import mlp as build_mlp
+
 
 @dataclass(frozen=True)
 class Case:
@@ -56,15 +58,7 @@ def _binary(in_shape, out_dim):
 
 
 def mlp(act: type[nn.Module], sizes=(4, 5, 3)) -> Callable[[], nn.Module]:
-    def build():
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(act())
-        return nn.Sequential(*layers)
-
-    return build
+    return lambda: build_mlp(sizes[0], sizes[1:-1], sizes[-1], act)
 
 
 def small_cnn() -> nn.Module:

@@ -23,14 +23,19 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def activation_type(name: str) -> type[nn.Module]:
+def activation_type(name: str | type[nn.Module]) -> type[nn.Module]:
+    """The module class of an activation named in :data:`ACTIVATIONS` (a module class passes through)."""
+    if isinstance(name, type) and issubclass(name, nn.Module):
+        return name
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
-def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: str = "tanh") -> nn.Sequential:
-    """Linear layers of widths ``in_features → hidden… → out_features`` with ``activation`` between."""
+def mlp(in_features: int, hidden: Sequence[int], out_features: int,
+        activation: str | type[nn.Module] = "tanh") -> nn.Sequential:
+    """Linear layers of widths ``in_features → hidden… → out_features`` with ``activation`` (a name or a module
+    class) between."""
     act = activation_type(activation)
     sizes = [in_features, *hidden, out_features]
     layers: list[nn.Module] = []

@@ -49,13 +49,13 @@ import math
 import torch
 from torch import nn
 
-from curvlab.optim.base import CurvatureOptimizer, all_finite
+from curvlab.optim.base import CurvatureOptimizer
 from curvlab.optim.hyperparameters import HyperparameterError, check_int, check_range
 from curvlab.optim.linear_layers import (
     LinearRecorder,
+    centred_update,
     input_covariance_inverse,
     linear_layers,
-    weight_matrix,
 )
 
 __all__ = ["ACP"]
@@ -135,15 +135,11 @@ class ACP(CurvatureOptimizer):
         group = self._group()
         step = self.global_state["step"] + 1
         with LinearRecorder(self.layers) as rec:
-            outputs = self.model(inputs)
-            loss = self.adapter(outputs, targets)
-            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            outputs, loss, grads = self._forward_backward(inputs, targets)
         loss = loss.detach()
-        if not all_finite(loss):
-            return self._reject("loss", loss)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
-        if not all_finite(grads):
-            return self._reject("gradient", loss)
+        rejected = self._rejected_unless_finite(loss, grads)
+        if rejected is not None:
+            return rejected
         normalizer = self.adapter.normalizer(outputs)
         recompute = "inverses" not in self.global_state or (step - 1) % group["period"] == 0
         inverses = list(self.global_state.get("inverses", [None] * len(self.layers)))
@@ -163,16 +159,8 @@ class ACP(CurvatureOptimizer):
             if recompute:
                 inverses[i] = input_covariance_inverse(h, layer.bias is not None, group["eps"] / alpha,
                                                        "ACP input covariance")
-            scale = group["lr"] / alpha
-            gw = weight_matrix(layer, grads[self._index[id(layer.weight)]])
-            if layer.bias is not None:
-                h_mean = h.mean(0)
-                gb = grads[self._index[id(layer.bias)]]
-                dw = -scale * (gw - torch.outer(gb, h_mean)) @ inverses[i]
-                updates[self._index[id(layer.bias)]] = -scale * gb - dw @ h_mean
-            else:
-                dw = -scale * gw @ inverses[i]
-            updates[self._index[id(layer.weight)]] = dw.reshape(layer.weight.shape)
+            mean = h.mean(0) if layer.bias is not None else None
+            centred_update(layer, grads, updates, self._index, mean, inverses[i], group["lr"] / alpha)
         self._statistics.update(
             alpha=torch.tensor(alphas), eps=group["eps"], recomputed=float(recompute), alpha_floored=float(floored)
         )

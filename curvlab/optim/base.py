@@ -208,6 +208,14 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
         return outputs.detach(), loss, grads
 
+    def _rejected_unless_finite(self, loss: torch.Tensor, grads: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """None if the loss and the gradients are finite; otherwise the rejected step's return value."""
+        if not all_finite(loss):
+            return self._reject("loss", loss)
+        if not all_finite(grads):
+            return self._reject("gradient", loss)
+        return None
+
     @torch.no_grad()
     def _evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self._loss(inputs, targets)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from curvlab.optim.base import CurvatureOptimizer, all_finite
+from curvlab.optim.base import CurvatureOptimizer
 from curvlab.optim.hyperparameters import check_range
 from curvlab.optim.linear_layers import LinearRecorder, linear_layers, weight_matrix
 
@@ -57,14 +57,11 @@ class CenteredSGD(CurvatureOptimizer):
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         group = self._group()
         with LinearRecorder(self.layers) as rec:
-            loss = self.adapter(self.model(inputs), targets)
-            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            _, loss, grads = self._forward_backward(inputs, targets)
         loss = loss.detach()
-        if not all_finite(loss):
-            return self._reject("loss", loss)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
-        if not all_finite(grads):
-            return self._reject("gradient", loss)
+        rejected = self._rejected_unless_finite(loss, grads)
+        if rejected is not None:
+            return rejected
         updates = [-group["lr"] * g for g in grads]
         norms = []
         for name, layer in self.layers:

@@ -27,7 +27,7 @@ from torch import nn
 from curvlab.errors import UnsupportedModuleError
 from curvlab.guards import check_dense_allocation
 
-__all__ = ["LinearRecorder", "input_covariance_inverse", "linear_layers", "weight_matrix"]
+__all__ = ["LinearRecorder", "centred_update", "input_covariance_inverse", "linear_layers", "weight_matrix"]
 
 #: modules whose (elementwise affine) parameters take the plain gradient step
 NORMALISATIONS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -128,6 +128,31 @@ class LinearRecorder:
                 output.register_hook(store)
 
         return hook
+
+
+def centred_update(layer: nn.Module, grads, updates: list, index: dict, mean: torch.Tensor | None,
+                   inverse: torch.Tensor, scale: float) -> None:
+    """Write the preconditioned, input-centred step of one layer into ``updates`` (ACP and PRONG):
+
+        ΔW = −s (∇_W − ∇_b μᵀ) C⁻¹,   Δb = −s ∇_b − ΔW μ;   without a bias (``mean`` None): ΔW = −s ∇_W C⁻¹,
+
+    with ∇_W as the [out, in·kernel] matrix; ``grads``/``updates`` are per-parameter lists found by
+    ``index`` (id(parameter) → position).
+
+    Example:
+        >>> layer = nn.Linear(1, 1); g = [torch.ones(1, 1), torch.ones(1)]; u = [None, None]
+        >>> centred_update(layer, g, u, {id(layer.weight): 0, id(layer.bias): 1}, torch.ones(1), torch.eye(1), 1.0)
+        >>> u[0].tolist(), u[1].tolist()       # ∇_W − ∇_b μ = 0: only the bias moves
+        ([[0.0]], [-1.0])
+    """
+    gw = weight_matrix(layer, grads[index[id(layer.weight)]])
+    if mean is None:
+        dw = -scale * gw @ inverse
+    else:
+        gb = grads[index[id(layer.bias)]]
+        dw = -scale * (gw - torch.outer(gb, mean)) @ inverse
+        updates[index[id(layer.bias)]] = -scale * gb - dw @ mean
+    updates[index[id(layer.weight)]] = dw.reshape(layer.weight.shape)
 
 
 def input_covariance_inverse(h: torch.Tensor, centred: bool, shift: float, what: str) -> torch.Tensor:

@@ -37,13 +37,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from curvlab.optim.base import CurvatureOptimizer, all_finite
+from curvlab.optim.base import CurvatureOptimizer
 from curvlab.optim.hyperparameters import check_int, check_range
 from curvlab.optim.linear_layers import (
     LinearRecorder,
+    centred_update,
     input_covariance_inverse,
     linear_layers,
-    weight_matrix,
 )
 
 __all__ = ["PRONG"]
@@ -98,14 +98,11 @@ class PRONG(CurvatureOptimizer):
         group = self._group()
         step = self.global_state["step"] + 1
         with LinearRecorder(self.layers, record_grads=False) as rec:
-            loss = self.adapter(self.model(inputs), targets)
-            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            _, loss, grads = self._forward_backward(inputs, targets)
         loss = loss.detach()
-        if not all_finite(loss):
-            return self._reject("loss", loss)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
-        if not all_finite(grads):
-            return self._reject("gradient", loss)
+        rejected = self._rejected_unless_finite(loss, grads)
+        if rejected is not None:
+            return rejected
         reparametrise = "whitening" not in self.global_state or (step - 1) % group["period"] == 0
         whitening = list(self.global_state.get("whitening", [None] * len(self.layers)))
         updates = [-group["lr"] * g for g in grads]  # normalisation layers: the plain gradient step
@@ -114,15 +111,7 @@ class PRONG(CurvatureOptimizer):
             if reparametrise:
                 mean = h.mean(0) if centred else None
                 whitening[i] = (mean, input_covariance_inverse(h, centred, group["eps"], "PRONG input covariance"))
-            mean, inverse = whitening[i]
-            gw = weight_matrix(layer, grads[self._index[id(layer.weight)]])
-            if centred:
-                gb = grads[self._index[id(layer.bias)]]
-                dw = -group["lr"] * (gw - torch.outer(gb, mean)) @ inverse
-                updates[self._index[id(layer.bias)]] = -group["lr"] * gb - dw @ mean
-            else:
-                dw = -group["lr"] * gw @ inverse
-            updates[self._index[id(layer.weight)]] = dw.reshape(layer.weight.shape)
+            centred_update(layer, grads, updates, self._index, *whitening[i], group["lr"])
         self._statistics.update(eps=group["eps"], reparametrised=float(reparametrise))
         if not self._apply(updates, loss):
             return loss

@@ -55,6 +55,7 @@ KINDS: Mapping[str, str] = {
     "square_root": "curvlab.repr.square_root:SquareRootCurvature",
     "layered_square_root": "curvlab.repr.layered_square_root:LayeredSquareRootCurvature",
     "kronecker_factors": "curvlab.repr.kronecker:KroneckerFactors",
+    "grouped_kronecker_factors": "curvlab.repr.grouped_kronecker:GroupedKroneckerFactors",
     "kronecker": "curvlab.repr.kronecker_curvature:KroneckerCurvature",
     "summary_matrix": "curvlab.repr.summary:SummaryMatrix",
     # results of layer-2 packages: named by string only, imported lazily when a file of that kind is loaded

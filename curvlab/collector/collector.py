@@ -97,9 +97,10 @@ class _UseWatch(TorchFunctionMode):
     """Flags adapted parameters that a torch function receives outside their own module's call
     (``F.linear(x, self.embed.weight)``: tied or functional use the normal form would miss)."""
 
-    def __init__(self, owners: dict[int, str]):
+    def __init__(self, owners: dict[int, str], delegates: dict[str, set[str]]):
         super().__init__()
         self.owners = owners
+        self.delegates = delegates  # {layer: layers whose parameters its own forward may use}
         self.stack: list[str] = []
         self.outside: dict[str, str] = {}
         self.paused = False
@@ -109,7 +110,8 @@ class _UseWatch(TorchFunctionMode):
         if not self.paused:
             for arg in (*args, *kwargs.values()):
                 owner = self.owners.get(id(arg)) if isinstance(arg, nn.Parameter) else None
-                if owner is not None and (not self.stack or self.stack[-1] != owner):
+                inside = self.stack and (self.stack[-1] == owner or owner in self.delegates.get(self.stack[-1], ()))
+                if owner is not None and not inside:
                     self.outside.setdefault(owner, getattr(func, "__name__", str(func)))
         return func(*args, **kwargs)
 
@@ -144,11 +146,12 @@ class Collector:
         self._stack: contextlib.ExitStack | None = None
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._recording = False
-        owners = {}
+        owners, delegates = {}, {}
         for plan in self.layers.adapted():
             for n in plan.names:
                 owners[id(getattr(plan.module, n))] = plan.name
-        self._watch = _UseWatch(owners)
+            delegates[plan.name] = {f"{plan.name}.{child}" for child in plan.adapter.delegates(plan.module)}
+        self._watch = _UseWatch(owners, delegates)
 
     @property
     def used_outside(self) -> dict[str, str]:
@@ -200,9 +203,14 @@ class Collector:
             if not self._recording:
                 return None
             watch = self._watch
+            recorded = output
+            if plan.adapter.replays:
+                output, recorded = self._replay(plan, module, args, kwargs, output)
             if watch.stack and watch.stack[-1] == plan.name:
                 watch.stack.pop()
-            if not isinstance(output, torch.Tensor):
+            if recorded is None:
+                return None
+            if not isinstance(recorded, torch.Tensor):
                 watch.outside.setdefault(plan.name, f"{type(module).__qualname__} returning a non-tensor")
                 return None
             watch.paused = True
@@ -211,13 +219,30 @@ class Collector:
                 detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
                 versions = [a._version if isinstance(a, torch.Tensor) else None for a in detached]
                 calls.args.append((detached, dict(kwargs), versions))
-                live = output.clone()  # downstream in-place ops act on the clone, never on `output`
-            finally:
+                live = output.clone() if recorded is output else output  # downstream in-place ops act on
+            finally:                                                     # the clone, never on `recorded`
                 watch.paused = False
-            calls.outputs.append(output)
+            calls.outputs.append(recorded)
             return live
 
         return hook
+
+    def _replay(self, plan: LayerPlan, module, args, kwargs, output):
+        """(output, recorded) of a replaying adapter, or (output, None) after flagging the layer and
+        its delegates for the exact route (a call it cannot replay, or a replay that differs)."""
+        from curvlab.errors import UnsupportedModuleError  # noqa: PLC0415
+
+        delegates = self._watch.delegates.get(plan.name, set())
+        try:
+            replayed, recorded = plan.adapter.replay(module, args, kwargs, output)
+            reason = _mismatch(replayed, output)
+        except UnsupportedModuleError as error:
+            reason = str(error)
+        if reason is None:
+            return replayed, recorded
+        for name in (plan.name, *sorted(delegates)):
+            self._watch.outside.setdefault(name, f"{plan.adapter.describe(module)}'s replay: {reason}")
+        return output, None
 
     # ------------------------------------------------------------------ forward
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -280,6 +305,20 @@ class Collector:
         param_grads = [g if g is not None else torch.zeros(seeds.shape[0], *p.shape, dtype=p.dtype)
                        for g, p in zip(grads[i:], params, strict=True)]
         return out, param_grads
+
+
+def _mismatch(replayed, output) -> str | None:
+    """Why a replayed output differs from the module's (``None``: it is the same, to roundoff)."""
+    pairs = list(zip(replayed, output, strict=True)) if isinstance(output, tuple) else [(replayed, output)]
+    for new, old in pairs:
+        if (new is None) != (old is None):
+            return "it returns a different structure"
+        if old is None:
+            continue
+        tol = 1e-4 if old.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
+        if new.shape != old.shape or not torch.allclose(new.detach(), old.detach(), rtol=tol, atol=tol):
+            return "the recomputed output differs from the module's"
+    return None
 
 
 def batched_grad(outputs: torch.Tensor, inputs: Sequence[torch.Tensor], seeds: torch.Tensor,

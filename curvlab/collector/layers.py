@@ -39,6 +39,20 @@ class LayerPlan:
     def size(self) -> int:
         return sum(getattr(self.module, n).numel() for n in self.names) if self.module is not None else 0
 
+    @property
+    def has_weight(self) -> bool:
+        """Whether the adapted weight (``adapter.weight_name``) is trainable."""
+        return self.adapter is not None and self.adapter.weight_name in self.names
+
+    @property
+    def has_bias(self) -> bool:
+        """Whether the adapted bias (``adapter.bias_name``) is trainable."""
+        return self.adapter is not None and self.adapter.bias_name in self.names
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return tuple(getattr(self.module, self.adapter.weight_name).shape)
+
 
 @dataclass(frozen=True)
 class ModelLayers:

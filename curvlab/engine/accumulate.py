@@ -56,6 +56,7 @@ class Accumulator:
         self.inputs: dict = {}
         self.rows: dict = {}
         self.stacked: dict = {}
+        self.input_rows: dict[str, int] = {}
         self._result: BatchStatistics | None = None
         # result() scales the running sums in place (they can be large); adding more data undoes it
         self._scaled: tuple[float, float, float] | None = None
@@ -72,6 +73,8 @@ class Accumulator:
         self.batches += 1
         self.normalizer += stats.normalizer
         self.count += stats.count
+        for key, rows in stats.input_rows.items():
+            self.input_rows[key] = self.input_rows.get(key, 0) + rows
         for store, new in ((self.sums, stats.sums), (self.inputs, stats.inputs)):
             for key, value in new.items():
                 store[key] = value if key not in store else store[key] + value
@@ -103,6 +106,11 @@ class Accumulator:
         counts = torch.tensor([self.batches, self.normalizer, self.count], dtype=torch.float64)
         dist.all_reduce(counts)
         self.batches, self.normalizer, self.count = (int(v) for v in counts.tolist())
+        if self.input_rows:
+            keys = sorted(self.input_rows)
+            rows = torch.tensor([self.input_rows[k] for k in keys], dtype=torch.float64)
+            dist.all_reduce(rows)
+            self.input_rows = {k: int(v) for k, v in zip(keys, rows.tolist(), strict=True)}
         for store in (self.sums, self.inputs):
             for key in sorted(store):
                 tensor = store[key].contiguous()
@@ -140,6 +148,7 @@ class Accumulator:
         out.sums, out.inputs = dict(self.sums), dict(self.inputs)
         out.rows = {k: v[0] for k, v in self.rows.items()}
         out.stacked = {k: v[0] for k, v in self.stacked.items()}
+        out.input_rows = dict(self.input_rows)
         self._result = out
         return out
 

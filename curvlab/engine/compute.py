@@ -126,6 +126,7 @@ def compute(
         refit, _ = _run(model, adapter, data, (Quantity.EKFAC,), progress, [p for _, p in params],
                         ekfac_factors=factors, layer_partition=info["layer_partition"], **common)
         stats.sums.update(refit.sums)
+        stats.bases = refit.bases
     attrs = run_attrs(model, loss_fn, adapter, qs, stats, info, params, mc_samples, partition)
     return assemble(model, qs, stats, partition, attrs, layer_partition=info["layer_partition"])
 

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from curvlab.engine.accumulate import Accumulator
+from curvlab.engine.eigenbasis import factor_eigenvectors
 from curvlab.engine.hessian import full_hessian
 from curvlab.engine.model_check import Layer, graph_of, supported_layers
 from curvlab.engine.quantities import Quantity, Source, parse_quantities
@@ -178,6 +179,7 @@ class CurvatureHooks:
         stats = self.accumulator.result()
         for layer, (A, G) in self.ekfac_factors.items():
             stats.sums[("ekfac", layer, "A")], stats.sums[("ekfac", layer, "G")] = A, G
+        stats.bases = dict(self.config.ekfac_basis or {})
         return stats
 
     # ------------------------------------------------------------------ hooks
@@ -274,25 +276,6 @@ class CurvatureHooks:
                 self.adapter.output_hessian(outputs),
             )
         return stats
-
-
-def factor_eigenvectors(matrix: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors of a symmetric Kronecker factor (EKFAC's basis), in the factor's dtype.
-
-    ``eigh`` in the factor's dtype first; float64 where it fails to converge (float32 does on the
-    ill-conditioned input factors of ReLU/pooling layers) or returns non-finite values.
-
-    Example:
-        >>> factor_eigenvectors(torch.eye(2)).abs().tolist()
-        [[1.0, 0.0], [0.0, 1.0]]
-    """
-    try:
-        vectors = torch.linalg.eigh(matrix).eigenvectors
-        if bool(torch.isfinite(vectors).all()):
-            return vectors
-    except RuntimeError:  # torch.linalg.LinAlgError: no convergence
-        pass
-    return torch.linalg.eigh(matrix.double()).eigenvectors.to(matrix.dtype)
 
 
 def _grad_catcher(record: Record):

@@ -242,7 +242,8 @@ def _kronecker(q: Quantity, stats: BatchStatistics, layer_part: Partition, modul
         shape = tuple(module.weight.shape)
         try:
             layers[layer] = KroneckerFactors(
-                A, G, bias=bias, bias_convention="augmented", scaling=scaling, weight_shape=shape,
+                A, G, bias=bias, bias_convention="augmented", scaling=scaling,
+                eigenbasis=stats.bases.get(layer) if scaling is not None else None, weight_shape=shape,
                 partition=_factor_partition(shape, shape[0] if bias else 0), quantity=name,
                 validate=False,  # A, G are Gram matrices or symmetric recursions: symmetric by construction
             )

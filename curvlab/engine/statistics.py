@@ -66,6 +66,10 @@ class BatchStatistics:
             dense columns [N·K, P_layer]; scaled by 1/√W when combined.
         stacked: per-sample tensors stacked over batches and never scaled: the layer inputs
             X [N, I] of the outer-product factors, key (quantity, layer, "X").
+        bases: EKFAC's eigenbasis (U_A, U_G) per layer, the one its scaling was fitted in (set once
+            after the refit, never combined).
+        input_rows: the rows x̃ behind each input factor (N, or N·S for expanded positions): a bound
+            on its rank, summed over batches (:func:`curvlab.engine.eigenbasis.factor_eigenvectors`).
         normalizer: Z of this batch; ``count``: N.
     """
 
@@ -75,6 +79,8 @@ class BatchStatistics:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     rows: dict[Key, torch.Tensor] = field(default_factory=dict)
     stacked: dict[Key, torch.Tensor] = field(default_factory=dict)
+    input_rows: dict[str, int] = field(default_factory=dict)
+    bases: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def has_trainable(record: Record) -> bool:

@@ -3,7 +3,8 @@
 Blocks, diagonals and full square-root factors use :func:`curvlab.engine.result.assemble` (the same
 keys as the rule engine). Kronecker quantities are built here, per layer:
 
-* ``KroneckerFactors(A, G)`` (bias "augmented") for dense layers; for ``transposed`` layers
+* ``KroneckerFactors(A, G)`` (bias "augmented") for dense layers; ``GroupedKroneckerFactors`` of one
+  ``KroneckerFactors(A_j, G_j)`` per group for grouped layers (stacked factors); for ``transposed`` layers
   (``nn.Embedding``, W [V, D]) the input factor is the one over W's rows:
   ``KroneckerFactors(A=G_out, G=A_in)``;
 * the exact block (or a diagonal block) where :mod:`curvlab.estimators.tasks` chose one.
@@ -23,7 +24,7 @@ from curvlab.engine.quantities import Form, Quantity
 from curvlab.engine.result import Curvature, _factor_partition, assemble, model_partition
 from curvlab.engine.statistics import BatchStatistics
 from curvlab.errors import NonFiniteError
-from curvlab.repr import KroneckerCurvature, KroneckerFactors
+from curvlab.repr import GroupedKroneckerFactors, KroneckerCurvature, KroneckerFactors
 
 __all__ = ["assemble_collected", "structure_note"]
 
@@ -74,15 +75,29 @@ def _kronecker(q: Quantity, stats: BatchStatistics, layer_part, plans, attrs) ->
         lp = plans[layer]
         A, G = stats.inputs[layer], stats.sums[(name, layer, "G")]
         scaling = stats.sums.get((name, layer, "scaling"))
-        bias = "bias" in lp.names
-        shape = tuple(lp.module.weight.shape)
+        bias = lp.has_bias
+        shape = lp.weight_shape
+        basis = stats.bases.get(layer) if scaling is not None else None
         if lp.adapter.transposed:
             A, G = G, A
+            basis = basis[::-1] if basis is not None else None
+        partition = _factor_partition(shape, shape[0] if bias else 0)
         try:
-            layers[layer] = KroneckerFactors(
-                A, G, bias=bias, bias_convention="augmented", scaling=scaling, weight_shape=shape,
-                partition=_factor_partition(shape, shape[0] if bias else 0), quantity=name, validate=False,
-            )
+            if A.dim() == 3:  # grouped: [g, ·, ·] factors, group j over output channels j·O_g …
+                group_shape = (shape[0] // A.shape[0], *shape[1:])
+                groups = [
+                    KroneckerFactors(A[j], G[j], bias=bias, bias_convention="augmented",
+                                     scaling=None if scaling is None else scaling[j],
+                                     eigenbasis=None if basis is None else (basis[0][j], basis[1][j]),
+                                     weight_shape=group_shape, quantity=name, validate=False)
+                    for j in range(A.shape[0])
+                ]
+                layers[layer] = GroupedKroneckerFactors(groups, weight_shape=shape, partition=partition, quantity=name)
+            else:
+                layers[layer] = KroneckerFactors(
+                    A, G, bias=bias, bias_convention="augmented", scaling=scaling, eigenbasis=basis,
+                    weight_shape=shape, partition=partition, quantity=name, validate=False,
+                )
         except NonFiniteError as error:
             raise NonFiniteError(f"{name}: layer {layer!r}: {error}") from None
     return KroneckerCurvature(layers, layer_part, quantity=name, attrs=attrs)

@@ -34,6 +34,7 @@ from curvlab.estimators.statistics import (
     add_input_factor,
     add_output_factor,
     add_rows,
+    project_inputs,
 )
 from curvlab.estimators.tasks import Task
 from curvlab.guards import check_dense_allocation
@@ -70,13 +71,19 @@ def settle(col: Collector, state: RunState, outputs: torch.Tensor) -> None:
                 f"layer {missing[0]!r} was called in the first batch but not in this one: data-dependent control "
                 "flow over parameterised layers is not supported"
             )
+        outside = [lp.name for lp in state.layers.adapted() if lp.name in col.used_outside]
+        if outside:
+            raise UnsupportedModuleError(
+                f"layer {outside[0]!r} took its normal form in the first batch but not in this one "
+                f"({col.used_outside[outside[0]]}); pass batches the layer handles alike"
+            )
         return
     for lp in state.layers.adapted():
         reason = None
-        if lp.name not in col.calls:
-            reason = f"{type(lp.module).__qualname__} whose forward is not called (its weights are used functionally)"
-        elif lp.name in col.used_outside:
+        if lp.name in col.used_outside:
             reason = f"its parameters are also used outside its call (by {col.used_outside[lp.name]})"
+        elif lp.name not in col.calls:
+            reason = f"{type(lp.module).__qualname__} whose forward is not called (its weights are used functionally)"
         elif any(o.shape[0] != outputs.shape[0] for o in col.calls[lp.name].outputs):
             shape = next(tuple(o.shape) for o in col.calls[lp.name].outputs if o.shape[0] != outputs.shape[0])
             reason = f"a call without the batch dimension (output {shape}, batch {outputs.shape[0]})"
@@ -150,7 +157,7 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
                 gammas[layer] = layer_gradients(plans[layer], col.calls[layer].X, g, rows=True)
             for task in group:
                 if task.layer in generic or (task.layer in as_rows and task.kind in _EXACT):
-                    _run_task(task, plans[task.layer], col, {}, gammas, stats, config, basis)
+                    _run_task(task, plans[task.layer], col, {}, gammas, stats, config, basis, {})
     if state.coupled is None:
         state.coupled = False  # no factor source needed (Hessian quantities only)
     return stats
@@ -170,6 +177,7 @@ def _column_tasks(col: Collector, state: RunState, outputs, V, tasks, layers, pl
         G = col.columns(outputs, _probe(outputs), layers)
         _decide_coupling(state, {name: g[:, 0] for name, g in G.items()})
         return
+    projected: dict[str, torch.Tensor] = {}  # EKFAC's rotated inputs, once for all chunks
     per_column = sum(t.numel() for name in layers for t in col.calls[name].outputs) * outputs.element_size()
     cols = V.shape[1]
     chunk = cols if any(t.kind == "rows" for t in tasks) else max(1, min(cols, CHUNK_BYTES // max(per_column, 1)))
@@ -177,29 +185,32 @@ def _column_tasks(col: Collector, state: RunState, outputs, V, tasks, layers, pl
         G = col.columns(outputs, V[:, start:start + chunk], layers)
         if chunk == cols:
             for task in tasks:
-                _run_task(task, plans[task.layer], col, G, {}, stats, config, basis)
+                _run_task(task, plans[task.layer], col, G, {}, stats, config, basis, projected)
             return
         part = BatchStatistics(stats.normalizer, stats.count)
-        part.inputs = stats.inputs  # input factors once, shared by all chunks
+        part.inputs, part.input_rows = stats.inputs, stats.input_rows  # input factors once, shared by all chunks
         for task in tasks:
-            _run_task(task, plans[task.layer], col, G, {}, part, config, basis)
+            _run_task(task, plans[task.layer], col, G, {}, part, config, basis, projected)
         for key, value in part.sums.items():
             stats.sums[key] = value if key not in stats.sums else stats.sums[key] + value
         del G, part
 
 
-def _run_task(task: Task, lp, col: Collector, G, gammas, stats: BatchStatistics, config, basis) -> None:
+def _run_task(task: Task, lp, col: Collector, G, gammas, stats: BatchStatistics, config, basis,
+              projected: dict[str, torch.Tensor]) -> None:
     key_name, layer = task.quantity, task.layer
     if task.kind in ("kron", "ekfac"):
         g = G[layer]
         if task.kind == "kron":
             if layer not in stats.inputs:  # X (a convolution's patches) only when needed
                 add_input_factor(stats, lp, col.calls[layer].X, config.weight_sharing)
-            add_output_factor(stats, (key_name, layer, "G"), g, config.weight_sharing)
+            add_output_factor(stats, (key_name, layer, "G"), lp, g, config.weight_sharing)
         else:
             if basis is None or layer not in basis:
                 raise ValueError(f"ekfac needs the KFLR eigenbasis of layer {layer!r} (a first pass)")
-            add_ekfac(stats, (key_name, layer, "scaling"), lp, col.calls[layer].X, g, *basis[layer])
+            if layer not in projected:
+                projected[layer] = project_inputs(lp, col.calls[layer].X, basis[layer][0])
+            add_ekfac(stats, (key_name, layer, "scaling"), lp, projected[layer], g, basis[layer][1])
         return
     gamma = gammas.get(layer)
     X = col.calls[layer].X if layer in col.calls and lp.adapter is not None else None

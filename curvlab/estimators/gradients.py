@@ -39,9 +39,9 @@ def layer_gradients(plan: LayerPlan, X: torch.Tensor, G: torch.Tensor, rows: boo
         >>> torch.allclose(gam[:, 0, :6].reshape(4, 2, 3), G[:, 0].transpose(1, 2) @ X, atol=1e-6)
         True
     """
-    names, adapter = plan.names, plan.adapter
+    adapter = plan.adapter
     parts = []
-    if "weight" in names:
+    if plan.has_weight:
         if adapter.kind == "elementwise":
             w = torch.einsum("rnso,nso->ro" if rows else "nkso,nso->nko", G, X)
         elif adapter.transposed:
@@ -52,7 +52,7 @@ def layer_gradients(plan: LayerPlan, X: torch.Tensor, G: torch.Tensor, rows: boo
         else:
             w = torch.einsum("rnso,nsi->roi" if rows else "nkso,nsi->nkoi", G, X)
         parts.append(w.flatten(1 if rows else 2))
-    if "bias" in names:
+    if plan.has_bias:
         parts.append(G.sum((1, 2)) if rows else G.sum(2))
     return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
@@ -61,4 +61,4 @@ def outer_form(plan: LayerPlan, X: torch.Tensor) -> bool:
     """Whether Γ_nk = g_nk x̃_nᵀ is a single outer product (S = 1, dense, ungrouped, weight [O, I] trainable)."""
     adapter = plan.adapter
     return (X.shape[1] == 1 and adapter.kind == "dense" and not adapter.transposed
-            and adapter.groups(plan.module) == 1 and "weight" in plan.names)
+            and adapter.groups(plan.module) == 1 and plan.has_weight)

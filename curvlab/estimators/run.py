@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -18,7 +19,7 @@ from curvlab.collector import Collector, plan_layers
 from curvlab.data import Data, is_single_batch, iter_batches
 from curvlab.distributed import shared_failure
 from curvlab.engine.accumulate import Accumulator
-from curvlab.engine.hooks import factor_eigenvectors
+from curvlab.engine.eigenbasis import factor_eigenvectors
 from curvlab.engine.quantities import Form, Quantity, Source
 from curvlab.engine.statistics import BatchStatistics
 from curvlab.errors import UnsupportedModuleError
@@ -59,10 +60,16 @@ def collect(model: nn.Module, loss: LossAdapter, data: Data, quantities: Sequenc
         for lp in state.layers.adapted():
             if ("ekfac", lp.name, "G") in stats.sums:
                 A, G = stats.inputs[lp.name], stats.sums[("ekfac", lp.name, "G")]
-                basis[lp.name] = (factor_eigenvectors(A), factor_eigenvectors(G))
+                rows = stats.input_rows.get(lp.name)
+                if A.dim() == 3:  # a grouped layer: one basis per group
+                    basis[lp.name] = (torch.stack([factor_eigenvectors(a, rows) for a in A]),
+                                      torch.stack([factor_eigenvectors(g) for g in G]))
+                else:
+                    basis[lp.name] = (factor_eigenvectors(A, rows), factor_eigenvectors(G))
         refit, _ = _pass(model, loss, data, [Quantity.EKFAC], config, state, {"batches": 0, "batch_size": None},
                          progress, basis)
         stats.sums.update({k: v for k, v in refit.sums.items() if k[2] == "scaling"})
+        stats.bases = basis
     info.update(layers=state.layers, plan=plan, state=state)
     return stats, info
 

@@ -8,7 +8,7 @@ Everything is unscaled (no 1/Z), in the keys of :class:`curvlab.engine.statistic
 * ``rows``   the layer's columns of the full square-root factor: rows[(q, layer, "S")] and
   stacked[(q, layer, "X")] when γ_nk = s_nk x̃_nᵀ is one outer product, else rows[(q, layer, "F")]
 * ``kron``   inputs[layer] = A (see :mod:`curvlab.estimators.config` for expand/reduce),
-  sums[(q, layer, "G")] = G
+  sums[(q, layer, "G")] = G; stacked [g, ·, ·] per group for a grouped layer (groups g > 1)
 * ``ekfac``  sums[(q, layer, "scaling")] = Σ_nk (U_Gᵀ Γ̃_nk U_A)² in the eigenbasis of the KFLR factors
 """
 
@@ -23,7 +23,7 @@ from curvlab.estimators.gradients import layer_gradients, outer_form
 from curvlab.guards import check_dense_allocation
 
 __all__ = ["add_block", "add_diag", "add_ekfac", "add_input_factor", "add_output_factor", "add_rows",
-           "augmented"]
+           "augmented", "project_inputs"]
 
 
 def _columns(plan: LayerPlan, X: torch.Tensor, G: torch.Tensor, what: str) -> torch.Tensor:
@@ -44,7 +44,7 @@ def add_diag(stats: BatchStatistics, key: tuple, plan: LayerPlan | None, X=None,
     if gamma is None and outer_form(plan, X):
         g2 = G[:, :, 0].pow(2).sum(1)  # [N, O]
         parts = [(g2.T @ X[:, 0].pow(2)).flatten()]
-        if "bias" in plan.names:
+        if plan.has_bias:
             parts.append(g2.sum(0))
         stats.sums[key] = torch.cat(parts)
         return
@@ -66,37 +66,69 @@ def add_rows(stats: BatchStatistics, quantity: str, plan: LayerPlan, X=None, G=N
 
 def augmented(plan: LayerPlan, X: torch.Tensor) -> torch.Tensor:
     """X̃ = [X, 1] when the layer's bias is trainable (the "augmented" bias convention)."""
-    if "bias" in plan.names:
+    if plan.has_bias:
         return torch.cat([X, X.new_ones(*X.shape[:-1], 1)], -1)
     return X
+
+
+def groups_of(plan: LayerPlan) -> int:
+    """g, the independent groups of a layer's weight (inputs and outputs split into g column blocks)."""
+    return plan.adapter.groups(plan.module)
+
+
+def _per_group(plan: LayerPlan, factor, *tensors: torch.Tensor):
+    """``factor`` of the tensors, or stacked over the groups of a grouped layer (their column blocks)."""
+    g = groups_of(plan)
+    if g == 1:
+        return factor(*tensors)
+    return torch.stack([factor(*parts) for parts in zip(*(t.chunk(g, -1) for t in tensors), strict=True)])
 
 
 def add_input_factor(stats: BatchStatistics, plan: LayerPlan, X: torch.Tensor, sharing: str) -> None:
     """A (unscaled: the accumulator divides by N): expand Σ_{n,s} x̃ x̃ᵀ / S, reduce Σ_n x̄̃ x̄̃ᵀ."""
     if plan.name in stats.inputs:
         return
-    bias = "bias" in plan.names
+    bias = plan.has_bias
     if sharing == "reduce" or X.shape[1] == 1:
-        stats.inputs[plan.name] = gram(X.mean(1), homogeneous=bias)
+        stats.inputs[plan.name] = _per_group(plan, lambda x: gram(x, homogeneous=bias), X.mean(1))
+        stats.input_rows[plan.name] = X.shape[0]
     else:
+        stats.input_rows[plan.name] = X.shape[0] * X.shape[1]
         flat = X.reshape(-1, X.shape[-1])
-        A = gram(flat, homogeneous=bias)
-        stats.inputs[plan.name] = A.div_(X.shape[1])
+        stats.inputs[plan.name] = _per_group(plan, lambda x: gram(x, homogeneous=bias), flat).div_(X.shape[1])
 
 
-def add_output_factor(stats: BatchStatistics, key: tuple, G: torch.Tensor, sharing: str) -> None:
+def add_output_factor(stats: BatchStatistics, key: tuple, plan: LayerPlan, G: torch.Tensor, sharing: str) -> None:
     """G: expand Σ_{n,k,s} g gᵀ, reduce Σ_{n,k} ĝ ĝᵀ with ĝ = Σ_s g."""
     flat = G.sum(2) if sharing == "reduce" else G
-    stats.sums[key] = gram(flat.reshape(-1, G.shape[-1]))
+    stats.sums[key] = _per_group(plan, gram, flat.reshape(-1, G.shape[-1]))
 
 
-def add_ekfac(stats: BatchStatistics, key: tuple, plan: LayerPlan, X: torch.Tensor, G: torch.Tensor,
-              basis_in: torch.Tensor, basis_out: torch.Tensor) -> None:
-    """Σ_nk (U_outᵀ Γ̃_nk U_in)² in the weight layout ([O, I(+1)]; [V, D] for transposed layers)."""
-    Xr = augmented(plan, X) @ basis_in  # [N, S, I']
-    Gr = G @ basis_out  # [N, K, S, O]
-    if X.shape[1] == 1:
-        scaling = Gr[:, :, 0].pow(2).sum(1).T @ Xr[:, 0].pow(2)  # [O, I']
-    else:
-        scaling = torch.einsum("nkso,nsi->nkoi", Gr, Xr).pow(2).sum((0, 1))
+def project_inputs(plan: LayerPlan, X: torch.Tensor, basis_in: torch.Tensor) -> list[torch.Tensor]:
+    """[X̃_j U_in,j] per group j (one entry if ungrouped), [N, S, I_g(+1)]: the layer inputs in the
+    eigenbasis of its input factor (shared by all columns)."""
+    g = groups_of(plan)
+    bases = [basis_in] if g == 1 else list(basis_in)
+    return [augmented(plan, x) @ u for x, u in zip(X.chunk(g, -1), bases, strict=True)]
+
+
+def add_ekfac(stats: BatchStatistics, key: tuple, plan: LayerPlan, Xr: torch.Tensor, G: torch.Tensor,
+              basis_out: torch.Tensor) -> None:
+    """Σ_nk (U_outᵀ Γ̃_nk U_in)² in the weight layout ([O, I(+1)]; [V, D] for transposed layers;
+    [g, O_g, I_g(+1)] for a grouped layer), for ``Xr`` = :func:`project_inputs`."""
+    g = len(Xr)
+    bases = [basis_out] if g == 1 else list(basis_out)
+    parts = [_scaling(x, G_j @ u) for x, G_j, u in zip(Xr, G.chunk(g, -1), bases, strict=True)]
+    scaling = parts[0] if g == 1 else torch.stack(parts)
     stats.sums[key] = scaling.T if plan.adapter.transposed else scaling
+
+
+def _scaling(Xr: torch.Tensor, Gr: torch.Tensor) -> torch.Tensor:
+    """Σ_nk (Σ_s g_nks x_nsᵀ)² for rotated Xr [N, S, I'] and Gr [N, K, S, O]: [O, I']."""
+    num, cols, positions, out = Gr.shape
+    if positions == 1:
+        return Gr[:, :, 0].pow(2).sum(1).T @ Xr[:, 0].pow(2)
+    # per-sample Γ̃_nk = Σ_s g_nks x_nsᵀ as one batched product over samples
+    rotated = torch.bmm(Gr.transpose(2, 3).reshape(num, cols * out, positions), Xr)  # [N, K·O, I']
+    rotated.mul_(rotated)
+    return rotated.view(num * cols, out * Xr.shape[-1]).sum(0).view(out, Xr.shape[-1])

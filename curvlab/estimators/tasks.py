@@ -11,8 +11,7 @@ quantity form                task at an adapted layer (generic layers: the exact
 ``ekfac``                    ``kron`` (GGN) in the first pass, ``ekfac`` (the refitted scaling) in the second
 ===========================  ==============================================================
 
-Layers without Kronecker structure (no adapter, elementwise affine parameters, grouped weights, a
-frozen weight) get the exact ``block`` of the quantity's source instead of ``kron``/``ekfac``; the
+Layers without Kronecker structure (no adapter, elementwise affine parameters, a frozen weight) get the exact ``block`` of the quantity's source instead of ``kron``/``ekfac``; the
 result records it (:attr:`Plan.fallbacks`).
 """
 
@@ -48,9 +47,7 @@ def kronecker_reason(plan: LayerPlan) -> str | None:
         return f"exact block ({plan.reason})"
     if plan.adapter.kind != "dense":
         return "exact block (elementwise affine parameters have no Kronecker structure)"
-    if plan.adapter.groups(plan.module) > 1:
-        return f"exact block (grouped weight, groups={plan.adapter.groups(plan.module)})"
-    if "weight" not in plan.names:
+    if not plan.has_weight:
         return "exact block (only the bias is trainable)"
     return None
 

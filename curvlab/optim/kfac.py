@@ -72,6 +72,7 @@ from curvlab.optim.gauss_newton import GaussNewtonQuadratic
 from curvlab.optim.hyperparameters import check_bool, check_choice, check_int, check_range
 from curvlab.optim.kronecker_solve import FactoredInverse, KroneckerSolveError, LayerSolver
 from curvlab.optim.step_scaling import kl_clip_scale, quadratic_momentum_step, quadratic_step_scale
+from curvlab.repr import KroneckerFactors
 
 __all__ = ["KFAC", "KroneckerCurvatureKind", "KroneckerDamping", "StepRescaling"]
 
@@ -262,15 +263,16 @@ class KFAC(CurvatureOptimizer):
         def collect(result) -> dict[str, dict[str, torch.Tensor]]:
             factors = {}
             for layer, block in result[name].layers.items():
-                if isinstance(block, torch.Tensor):
-                    factors[layer] = {"block": block.detach().to(torch.float64)}
+                if not isinstance(block, KroneckerFactors):  # a dense block, or per-group factors (as one block)
+                    dense = block if isinstance(block, torch.Tensor) else block.dense()
+                    factors[layer] = {"block": dense.detach().to(torch.float64)}
                     continue
                 entry = {"A": block.A.detach().to(torch.float64), "G": block.G.detach().to(torch.float64)}
                 if block.scaling is not None:
                     entry["scaling"] = block.scaling.detach().to(torch.float64)
                     # the basis the scaling lives in, exactly as the engine computed it
-                    entry["q_a"] = torch.linalg.eigh(block.A.detach()).eigenvectors.to(torch.float64)
-                    entry["q_g"] = torch.linalg.eigh(block.G.detach()).eigenvectors.to(torch.float64)
+                    q_a, q_g = block.eigenbasis or (torch.linalg.eigh(f.detach()).eigenvectors for f in (block.A, block.G))
+                    entry["q_a"], entry["q_g"] = q_a.detach().to(torch.float64), q_g.detach().to(torch.float64)
                 entry["bias"] = torch.tensor(block.bias)
                 if not all_finite(list(entry.values())):
                     raise NonFiniteError(f"{name}: layer {layer!r}: non-finite factors or eigenbasis")
@@ -297,8 +299,6 @@ class KFAC(CurvatureOptimizer):
     def _build_solvers(self, inverse_factors, damping: float, dtype: torch.dtype) -> dict:
         """One solver per layer: explicit damped inverses (factored damping, γ of this inverse update) or
         float64 eigendecompositions (exact damping, EKFAC, dense blocks)."""
-        from curvlab.repr import KroneckerFactors
-
         factored = self._group()["damping_mode"] == KroneckerDamping.FACTORED.value
         solvers = {}
         for layer, entry in inverse_factors.items():

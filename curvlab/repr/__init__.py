@@ -10,7 +10,9 @@ Kinds, what they store, and the cost of a matvec / a damped solve:
   S_l ⊗ X_l (backpropagated output factors, layer inputs): O(N·P_l) per layer, F never formed.
 * :class:`KroneckerFactors` – G [O, O] and A [I', I'] of one layer: O(O²I' + OI'²) /
   the same after one cached eigendecomposition of each factor.
-* :class:`KroneckerCurvature` – KroneckerFactors (or a dense block) per layer: the sum over layers.
+* :class:`GroupedKroneckerFactors` – one KroneckerFactors per group of a grouped convolution: the sum
+  over the groups.
+* :class:`KroneckerCurvature` – KroneckerFactors (grouped, or a dense block) per layer: the sum over layers.
 * :class:`SummaryMatrix` – an [S, S] matrix over groups (not [P, P]): O(S²) / O(S³).
 
 Every one exports to xarray (``to_xarray``/``from_xarray``, schema in ``docs/export-schema.md``) and
@@ -21,6 +23,7 @@ from curvlab.repr.base import CurvatureRepresentation
 from curvlab.repr.block_diagonal import BlockDiagonalCurvature
 from curvlab.repr.dense import DenseCurvature
 from curvlab.repr.diagonal import DiagonalCurvature
+from curvlab.repr.grouped_kronecker import GroupedKroneckerFactors
 from curvlab.repr.kronecker import KroneckerFactors
 from curvlab.repr.kronecker_curvature import KroneckerCurvature
 from curvlab.repr.kronecker_layout import BiasConvention, KroneckerLayout
@@ -34,6 +37,7 @@ __all__ = [
     "CurvatureRepresentation",
     "DenseCurvature",
     "DiagonalCurvature",
+    "GroupedKroneckerFactors",
     "KroneckerCurvature",
     "KroneckerFactors",
     "KroneckerLayout",

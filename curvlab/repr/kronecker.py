@@ -71,6 +71,10 @@ class KroneckerFactors(CurvatureRepresentation):
         bias_convention: :class:`BiasConvention` (or its value) when ``bias`` is true.
         bias_factor: optional [O, O] factor of the bias block (``SEPARATE`` only; default G).
         scaling: optional EKFAC eigenvalues [O, I_A] replacing Λ_G ⊗ Λ_A (I_A = size of A).
+        eigenbasis: with ``scaling``, the orthonormal eigenbases (U_A [I_A, I_A], U_G [O, O]) of A and G
+            it was fitted in (default: ``torch.linalg.eigh`` of each). Pass it whenever the scaling
+            came from another decomposition: eigenvectors are unique only up to the basis of each
+            repeated eigenvalue (the whole null space of a rank-deficient factor).
         weight_shape: shape of W, default ``(O, I)`` (or the first parameter's shape of ``partition``).
         partition: groups over this layer's own parameters (P = O·I (+ O)); default a canonical
             partition with parameters ``"weight"`` and ``"bias"``.
@@ -102,6 +106,7 @@ class KroneckerFactors(CurvatureRepresentation):
         bias_convention: BiasConvention | str = BiasConvention.AUGMENTED,
         bias_factor: torch.Tensor | None = None,
         scaling: torch.Tensor | None = None,
+        eigenbasis: tuple[torch.Tensor, torch.Tensor] | None = None,
         weight_shape: Sequence[int] | None = None,
         partition: Partition | None = None,
         quantity: str = "kfac",
@@ -133,6 +138,14 @@ class KroneckerFactors(CurvatureRepresentation):
             scaling = check_tensor(scaling, "scaling", (o, self.A.shape[0]))
             tensors["scaling"] = scaling
         self.scaling = scaling
+        if eigenbasis is not None:
+            if scaling is None:
+                raise ValueError("eigenbasis is the basis of an EKFAC scaling: pass scaling too")
+            basis_a, basis_g = eigenbasis
+            tensors["eigenbasis_A"] = check_tensor(basis_a, "eigenbasis U_A", tuple(self.A.shape))
+            tensors["eigenbasis_G"] = check_tensor(basis_g, "eigenbasis U_G", tuple(self.G.shape))
+            eigenbasis = (tensors["eigenbasis_A"].contiguous(), tensors["eigenbasis_G"].contiguous())
+        self.eigenbasis = eigenbasis
         check_same_dtype_device(tensors)
         if partition is None:
             self.weight_shape = self.layout.weight_shape(weight_shape)
@@ -198,8 +211,12 @@ class KroneckerFactors(CurvatureRepresentation):
     # ------------------------------------------------------------------ eigendecompositions (cached)
     @cached_property
     def _eig(self) -> dict[str, torch.Tensor]:
-        lam_g, q_g = torch.linalg.eigh(self.G)
-        lam_a, q_a = torch.linalg.eigh(self.A)
+        if self.eigenbasis is not None:  # the scaling's own basis; λ as the Rayleigh quotients
+            q_a, q_g = self.eigenbasis
+            lam_a, lam_g = (((m @ q) * q).sum(0) for q, m in ((q_a, self.A), (q_g, self.G)))
+        else:
+            lam_g, q_g = torch.linalg.eigh(self.G)
+            lam_a, q_a = torch.linalg.eigh(self.A)
         out = {"lam_g": lam_g, "q_g": q_g, "lam_a": lam_a, "q_a": q_a}
         out["weight"] = (
             self.scaling if self.scaling is not None else lam_g[:, None] * lam_a[None, :]
@@ -408,6 +425,11 @@ class KroneckerFactors(CurvatureRepresentation):
                 coords[f"{side}_eig"] = (f"{side}_eig", np.arange(sizes[side]), attrs)
             attrs = {"long_name": "EKFAC eigenvalues in the Kronecker eigenbasis"}
             data["scaling"] = (("out_eig", "in_eig"), to_numpy(self.scaling), attrs)
+        if self.eigenbasis is not None:
+            for factor, dims, tensor in (("A", ("in_i", "in_eig"), self.eigenbasis[0]),
+                                         ("G", ("out_i", "out_eig"), self.eigenbasis[1])):
+                attrs = {"long_name": f"eigenvectors of {factor} (columns) the EKFAC scaling refers to"}
+                data[f"eigenbasis_{factor}"] = (dims, to_numpy(tensor), attrs)
         attrs = export_attrs_node(
             bias=self.bias,
             bias_convention=self.bias_convention.value,
@@ -428,6 +450,9 @@ class KroneckerFactors(CurvatureRepresentation):
                 ("scaling", ("out_eig", "in_eig")),
             )
         }
+        if "eigenbasis_A" in obj.variables:
+            optional["eigenbasis"] = (to_tensor(obj["eigenbasis_A"].transpose("in_i", "in_eig").values),
+                                      to_tensor(obj["eigenbasis_G"].transpose("out_i", "out_eig").values))
         return cls(
             to_tensor(obj["A"].transpose("in_i", "in_j").values),
             to_tensor(obj["G"].transpose("out_i", "out_j").values),

@@ -12,6 +12,7 @@ from curvlab.partition import Partition
 from curvlab.repr._checks import check_attrs, check_same_dtype_device, check_square
 from curvlab.repr._export import child_dataset, decode_common, export_attrs_node, require, to_tensor
 from curvlab.repr.block_diagonal import BlockStructured, DenseBlock
+from curvlab.repr.grouped_kronecker import GroupedKroneckerFactors
 from curvlab.repr.kronecker import KroneckerFactors
 
 __all__ = ["KroneckerCurvature"]
@@ -20,12 +21,14 @@ __all__ = ["KroneckerCurvature"]
 class KroneckerCurvature(BlockStructured):
     """C = blockdiag over layers of G_l ⊗ A_l (each a :class:`KroneckerFactors`), zero across layers.
 
-    A layer that has no Kronecker rule (e.g. BatchNorm) holds a dense block tensor [n_l, n_l] instead,
-    so that no parameter is silently left out. Every operation works block by block through the
+    A grouped layer (a convolution with ``groups`` g) holds :class:`GroupedKroneckerFactors` (one pair
+    of factors per group). A layer that has no Kronecker rule (e.g. BatchNorm) holds a dense block
+    tensor [n_l, n_l] instead, so that no parameter is silently left out. Every operation works block by block through the
     factors (see :mod:`curvlab.repr.kronecker` for the costs); ``dense``/``eigh`` are guarded.
 
     Args:
-        layers: ``{layer name: KroneckerFactors | tensor [n_l, n_l]}``, one entry per group of ``partition``.
+        layers: ``{layer name: KroneckerFactors | GroupedKroneckerFactors | tensor [n_l, n_l]}``, one entry
+            per group of ``partition``.
         partition: one group per layer (kind ``"layer"``); a layer's group holds its weight then bias.
         quantity: e.g. ``"kfac"``.
         attrs: provenance attributes.
@@ -86,30 +89,36 @@ class KroneckerCurvature(BlockStructured):
                         f"but the layer's parameters {', '.join(group.param_names)} have sizes {sizes}"
                     )
                 checked[name] = value
+            elif isinstance(value, GroupedKroneckerFactors):
+                if value.shape[0] != group.size:
+                    raise ValueError(
+                        f"layers[{name!r}]: the grouped factors cover {value.shape[0]} entries, the layer {group.size}"
+                    )
+                checked[name] = value
             elif isinstance(value, torch.Tensor):
                 checked[name] = check_square(value, f"layers[{name!r}]", group.size)
             else:
                 raise TypeError(
-                    f"layers[{name!r}] must be KroneckerFactors or a tensor, got {type(value).__qualname__}"
+                    f"layers[{name!r}] must be KroneckerFactors, GroupedKroneckerFactors or a tensor, "
+                    f"got {type(value).__qualname__}"
                 )
         check_same_dtype_device(
             {
-                f"layers[{n!r}]": v if isinstance(v, torch.Tensor) else v.G
-                for n, v in checked.items()
+                f"layers[{n!r}]": _any_tensor(v) for n, v in checked.items()
             }
         )
         first = checked[names[0]]
-        first = first if isinstance(first, torch.Tensor) else first.G
+        first = _any_tensor(first)
         self._dtype, self._device = first.dtype, first.device
         self._layers = checked
         self._parts = [
-            v if isinstance(v, KroneckerFactors) else DenseBlock(v) for v in checked.values()
+            DenseBlock(v) if isinstance(v, torch.Tensor) else v for v in checked.values()
         ]
         super().__init__(partition, quantity=quantity, attrs=check_attrs(attrs))
 
     @property
-    def layers(self) -> dict[str, KroneckerFactors | torch.Tensor]:
-        """``{layer name: KroneckerFactors or dense block}`` in the partition's order."""
+    def layers(self) -> dict[str, KroneckerFactors | GroupedKroneckerFactors | torch.Tensor]:
+        """``{layer name: KroneckerFactors, GroupedKroneckerFactors or dense block}`` in the partition's order."""
         return dict(self._layers)
 
     def _to_xarray(self) -> xr.DataTree:
@@ -121,9 +130,9 @@ class KroneckerCurvature(BlockStructured):
                 layer=name,
                 params=list(group.param_names),
                 offset=int(group.indices[0]),
-                block="kronecker" if isinstance(value, KroneckerFactors) else "dense",
+                block=_BLOCKS.get(type(value), "dense"),
             )
-            if isinstance(value, KroneckerFactors):
+            if not isinstance(value, torch.Tensor):
                 node = value.to_xarray()
             else:
                 node = self._dense_block_dataset(g, value, labels)
@@ -139,7 +148,11 @@ class KroneckerCurvature(BlockStructured):
             node = child_dataset(obj, f"layer{g}", cls.kind)
             block = node.attrs.get("block")
             node.attrs = {k: v for k, v in node.attrs.items() if k not in _NODE_ATTRS}
-            if block == "kronecker":
+            if block == "grouped_kronecker":
+                tree = obj[f"layer{g}"].copy()
+                tree.attrs = dict(node.attrs)
+                layers[name] = GroupedKroneckerFactors.from_xarray(tree)
+            elif block == "kronecker":
                 layers[name] = KroneckerFactors.from_xarray(node)
             elif block == "dense":
                 require(node, ["matrix"], cls.kind)
@@ -152,3 +165,11 @@ class KroneckerCurvature(BlockStructured):
 
 
 _NODE_ATTRS = ("layer", "params", "offset", "block")
+_BLOCKS = {KroneckerFactors: "kronecker", GroupedKroneckerFactors: "grouped_kronecker"}
+
+
+def _any_tensor(value) -> torch.Tensor:
+    """A tensor of a layer entry (for its dtype and device)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    return value.G if isinstance(value, KroneckerFactors) else value.groups[0].G

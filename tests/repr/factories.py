@@ -14,6 +14,7 @@ from curvlab.repr import (
     BlockDiagonalCurvature,
     DenseCurvature,
     DiagonalCurvature,
+    GroupedKroneckerFactors,
     KroneckerCurvature,
     KroneckerFactors,
     LayeredSquareRootCurvature,
@@ -32,7 +33,10 @@ KINDS = [
     "kronecker_factors",
     "kronecker_factors_separate",
     "kronecker_factors_ekfac",
+    "kronecker_factors_ekfac_basis",
+    "grouped_kronecker_factors",
     "kronecker",
+    "kronecker_grouped_layer",
     "summary_matrix",
 ]
 
@@ -75,6 +79,18 @@ def place_blocks(partition: Partition, blocks: dict[str, torch.Tensor], dtype) -
             for b, c in enumerate(g.indices.tolist()):
                 out[r, c] = blocks[g.name][a, b]
     return out
+
+
+def _grouped(dtype, attrs=None):
+    """Two groups of W [2, 2, 3] and b [2] each: group j holds weight entries 12j … 12j+11 (its two
+    output channels' rows) and bias entries 24 + 2j, 24 + 2j + 1."""
+    pairs = [(spd(7, dtype), spd(2, dtype)) for _ in range(2)]  # augmented: I = 2·3 = 6, O_g = 2
+    groups = [KroneckerFactors(A, G, bias=True, weight_shape=(2, 2, 3)) for A, G in pairs]
+    expected = torch.zeros(28, 28, dtype=dtype)
+    for j, (A, G) in enumerate(pairs):
+        idx = torch.tensor([*range(12 * j, 12 * j + 12), 24 + 2 * j, 24 + 2 * j + 1])
+        expected[idx[:, None], idx[None, :]] = kron_explicit(G, A, augmented_bias=True)
+    return GroupedKroneckerFactors(groups, weight_shape=(4, 2, 3), attrs=attrs), expected
 
 
 def build(kind: str, dtype: torch.dtype = torch.float64, seed: int = 0):
@@ -132,12 +148,17 @@ def build(kind: str, dtype: torch.dtype = torch.float64, seed: int = 0):
             attrs=ATTRS,
         )
         return factors, torch.block_diag(kron_explicit(G, A, False), B)
-    if kind == "kronecker_factors_ekfac":
+    if kind in ("kronecker_factors_ekfac", "kronecker_factors_ekfac_basis"):
         A, G = spd(4, dtype), spd(2, dtype)
         scaling = torch.rand(2, 4, dtype=dtype) + 0.5
-        factors = KroneckerFactors(A, G, bias=True, scaling=scaling, quantity="ekfac", attrs=ATTRS)
-        _, q_g = torch.linalg.eigh(G)
-        _, q_a = torch.linalg.eigh(A)
+        if kind == "kronecker_factors_ekfac":
+            _, q_g = torch.linalg.eigh(G)
+            _, q_a = torch.linalg.eigh(A)
+            basis = None
+        else:  # any orthonormal basis (not eigh's): the representation must use it, not recompute one
+            q_a, q_g = torch.linalg.qr(torch.randn(4, 4, dtype=dtype))[0], torch.linalg.qr(torch.randn(2, 2, dtype=dtype))[0]
+            basis = (q_a, q_g)
+        factors = KroneckerFactors(A, G, bias=True, scaling=scaling, eigenbasis=basis, quantity="ekfac", attrs=ATTRS)
         # Σ_{o,i} s_oi (q_g[:, o] ⊗ q_a[:, i])(...)ᵀ, then permuted into the reference ordering.
         mf = sum(
             scaling[o, i]
@@ -147,6 +168,15 @@ def build(kind: str, dtype: torch.dtype = torch.float64, seed: int = 0):
         )
         perm = [o * 4 + i for o in range(2) for i in range(3)] + [o * 4 + 3 for o in range(2)]
         return factors, mf[perm][:, perm]
+    if kind == "grouped_kronecker_factors":
+        return _grouped(dtype, attrs=ATTRS)
+    if kind == "kronecker_grouped_layer":
+        conv = nn.Sequential(nn.Conv1d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 1, bias=False))
+        part = Partition.from_model(conv, "layer")  # "0": W [4, 2, 3] + b (2 groups of 2 channels), "2": W [1, 4]
+        grouped, block0 = _grouped(dtype)
+        dense2 = spd(4, dtype)
+        expected = place_blocks(part, {"0": block0, "2": dense2}, dtype)
+        return KroneckerCurvature({"0": grouped, "2": dense2}, part, attrs=ATTRS), expected
     if kind == "kronecker":
         part = Partition.from_model(
             model, "layer"

@@ -88,7 +88,7 @@ def test_constructor_errors():
     with pytest.raises(ValueError, match="layers\\['1'\\] must have shape \\[2, 2\\]"):
         KroneckerCurvature({**good, "1": torch.eye(3, dtype=F64)}, part)
     with pytest.raises(
-        TypeError, match="layers\\['1'\\] must be KroneckerFactors or a tensor, got list"
+        TypeError, match="layers\\['1'\\] must be KroneckerFactors, GroupedKroneckerFactors or a tensor, got list"
     ):
         KroneckerCurvature({**good, "1": [1.0]}, part)
     with pytest.raises(ValueError, match="is torch.float32"):

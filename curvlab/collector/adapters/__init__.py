@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from curvlab.collector.adapters.attention import MultiheadAttentionAdapter
 from curvlab.collector.adapters.base import LayerAdapter
 from curvlab.collector.adapters.conv import ConvAdapter
 from curvlab.collector.adapters.embedding import EmbeddingAdapter
@@ -25,6 +26,7 @@ ADAPTERS: list[LayerAdapter] = [
     LayerNormAdapter(),
     GroupNormAdapter(),
     BatchNormAdapter(),
+    MultiheadAttentionAdapter(),
 ]
 
 

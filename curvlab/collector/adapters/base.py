@@ -39,14 +39,30 @@ class LayerAdapter:
 
     kind = "dense"
     transposed = False
+    #: the attribute names of the module's weight and bias
+    weight_name = "weight"
+    bias_name = "bias"
+    #: the adapter recomputes the call (:meth:`replay`) from a tensor it records itself
+    replays = False
 
     def matches(self, module: nn.Module) -> bool:
         """Whether this adapter handles ``module`` (exact type checks; a subclass may override)."""
         raise NotImplementedError
 
     def parameter_names(self, module: nn.Module) -> tuple[str, ...]:
-        """The parameters whose use the normal form describes (``weight``, ``bias`` when present)."""
-        return tuple(n for n in ("weight", "bias") if getattr(module, n, None) is not None)
+        """The parameters whose use the normal form describes (the weight, and the bias when present)."""
+        return tuple(n for n in (self.weight_name, self.bias_name) if getattr(module, n, None) is not None)
+
+    def delegates(self, module: nn.Module) -> tuple[str, ...]:
+        """Child modules whose parameters the module's own forward uses functionally, and which
+        :meth:`replay` calls as modules instead (so their uses inside this call are not "outside")."""
+        return ()
+
+    def replay(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> tuple[Any, torch.Tensor]:
+        """For ``replays`` adapters: (the output recomputed from a live tensor y, y) where y is what
+        ``to_normal`` reads gradients of. The collector checks the recomputation against ``output``.
+        Raise :class:`~curvlab.errors.UnsupportedModuleError` for a call it cannot replay."""
+        raise NotImplementedError
 
     def groups(self, module: nn.Module) -> int:
         """g, independent blocks of a grouped weight (1 unless grouped)."""

@@ -7,10 +7,12 @@ Usage (one batch)::
         G = col.columns(outputs, seeds)               # {layer: [N, K, S, O]} for seeds [N, K, *out]
         rows, grads = col.rows(outputs, row_seeds, layers, params)
 
-Every adapted module gets a forward hook that stores its input in the normal form (its adapter) and
-returns a *clone* of its output: the clone is what the rest of the model sees, so in-place operations
-downstream (``nn.ReLU(inplace=True)``, ``out += identity``) never alter the recorded tensor, and the
-gradient of a seed w.r.t. it is the factor G at that call. A module called several times (shared
+Every adapted module gets a forward hook that stores its input arguments (the normal form is built
+from them on access, by its adapter) and the *gradient edge* of its output (the autograd node that
+produced it, :func:`torch.autograd.graph.get_gradient_edge`): the gradient of a seed w.r.t. that edge
+is the factor G at that call, also after in-place operations downstream (``nn.ReLU(inplace=True)``,
+``out += identity``) have rebased the output tensor itself. Nothing is copied and the model's
+outputs pass through unchanged. A module called several times (shared
 weights) records each call; its positions are concatenated. Glue between layers is arbitrary: autograd
 carries the factors through functional ops, attention, branches and reused modules.
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
 from curvlab.collector.adapters import ADAPTERS, LayerAdapter
@@ -41,6 +44,27 @@ __all__ = ["Collector", "LayerCalls"]
 
 #: seeds pushed back per vectorised backward pass
 CHUNK = 256
+
+
+@dataclass(frozen=True)
+class RecordedOutput:
+    """One call's output: its gradient edge and its shape (the values are never needed)."""
+
+    edge: GradientEdge
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> RecordedOutput:
+        return cls(get_gradient_edge(tensor), tensor.shape, tensor.dtype, tensor.device)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def zeros(self, lead: int) -> torch.Tensor:
+        """[lead, *shape] zeros: the factor at a call the seeds do not reach."""
+        return torch.zeros(lead, *self.shape, dtype=self.dtype, device=self.device)
 
 
 @dataclass
@@ -54,7 +78,7 @@ class LayerCalls:
 
     plan: LayerPlan
     args: list[tuple] = field(default_factory=list)  # (args, kwargs, versions) per call
-    outputs: list[torch.Tensor] = field(default_factory=list)  # live outputs per call
+    outputs: list[RecordedOutput] = field(default_factory=list)  # per call
 
     @property
     def inputs(self) -> list[torch.Tensor]:
@@ -213,17 +237,18 @@ class Collector:
             if not isinstance(recorded, torch.Tensor):
                 watch.outside.setdefault(plan.name, f"{type(module).__qualname__} returning a non-tensor")
                 return None
+            if not recorded.requires_grad:  # run under no_grad: no gradient reaches its parameters
+                return None
             watch.paused = True
             try:
                 calls = self.calls.setdefault(plan.name, LayerCalls(plan))
                 detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
                 versions = [a._version if isinstance(a, torch.Tensor) else None for a in detached]
                 calls.args.append((detached, dict(kwargs), versions))
-                live = output.clone() if recorded is output else output  # downstream in-place ops act on
-            finally:                                                     # the clone, never on `recorded`
+                calls.outputs.append(RecordedOutput.of(recorded))
+            finally:
                 watch.paused = False
-            calls.outputs.append(recorded)
-            return live
+            return output if plan.adapter.replays else None
 
         return hook
 
@@ -270,15 +295,15 @@ class Collector:
                 layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """G [N, K, S, O] per recorded layer (or per one of ``layers``) for seeds [N, K, *outputs.shape[1:]]."""
         names = list(self.calls) if layers is None else list(layers)
-        tensors = [t for name in names for t in self.calls[name].outputs]
+        edges = [t.edge for name in names for t in self.calls[name].outputs]
         batched = seeds.transpose(0, 1)  # [K, N, ...]
-        grads = batched_grad(outputs, tensors, batched)
+        grads = batched_grad(outputs, edges, batched)
         out, i = {}, 0
         for name in names:
             calls = self.calls[name]
             parts = []
             for t in calls.outputs:
-                g = grads[i] if grads[i] is not None else torch.zeros(batched.shape[0], *t.shape, dtype=t.dtype)
+                g = grads[i] if grads[i] is not None else t.zeros(batched.shape[0])
                 parts.append(calls.plan.adapter.to_normal(calls.plan.module, g, 1))  # [K, N, S, O]
                 i += 1
             G = parts[0] if len(parts) == 1 else torch.cat(parts, 2)
@@ -291,14 +316,14 @@ class Collector:
 
         Returns ({layer: G [R, N, S, O]} for ``layers``, [R, *p.shape] gradients of ``params``).
         """
-        tensors = [t for name in layers for t in self.calls[name].outputs]
-        grads = batched_grad(outputs, tensors + list(params), seeds)
+        edges = [t.edge for name in layers for t in self.calls[name].outputs]
+        grads = batched_grad(outputs, edges + list(params), seeds)
         out, i = {}, 0
         for name in layers:
             calls = self.calls[name]
             parts = []
             for t in calls.outputs:
-                g = grads[i] if grads[i] is not None else torch.zeros(seeds.shape[0], *t.shape, dtype=t.dtype)
+                g = grads[i] if grads[i] is not None else t.zeros(seeds.shape[0])
                 parts.append(calls.plan.adapter.to_normal(calls.plan.module, g, 1))  # [R, N, S, O]
                 i += 1
             out[name] = parts[0] if len(parts) == 1 else torch.cat(parts, 2)
@@ -321,7 +346,7 @@ def _mismatch(replayed, output) -> str | None:
     return None
 
 
-def batched_grad(outputs: torch.Tensor, inputs: Sequence[torch.Tensor], seeds: torch.Tensor,
+def batched_grad(outputs: torch.Tensor, inputs: Sequence[torch.Tensor | GradientEdge], seeds: torch.Tensor,
                  chunk: int = CHUNK) -> list[torch.Tensor | None]:
     """[B, *input.shape] gradients of ⟨seeds_b, outputs⟩ w.r.t. each input (``None`` where unused).
 
@@ -333,6 +358,11 @@ def batched_grad(outputs: torch.Tensor, inputs: Sequence[torch.Tensor], seeds: t
     results: list[list[torch.Tensor | None]] = [[] for _ in inputs]
     for start in range(0, seeds.shape[0], chunk):
         part = seeds[start:start + chunk]
+        if part.shape[0] == 1:  # one seed: a plain backward pass (vmap only adds overhead)
+            grads = torch.autograd.grad(outputs, inputs, part[0], retain_graph=True, allow_unused=True)
+            for j, g in enumerate(grads):
+                results[j].append(None if g is None else g.unsqueeze(0))
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*performance drop.*")

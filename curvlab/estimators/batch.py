@@ -213,13 +213,13 @@ def _run_task(task: Task, lp, col: Collector, G, gammas, stats: BatchStatistics,
             add_ekfac(stats, (key_name, layer, "scaling"), lp, projected[layer], g, basis[layer][1])
         return
     gamma = gammas.get(layer)
-    X = col.calls[layer].X if layer in col.calls and lp.adapter is not None else None
+    calls = col.calls.get(layer) if lp.adapter is not None else None
     g = G.get(layer)
     if task.kind == "block":
         if gamma is None:
-            gamma = gammas[layer] = _columns(lp, X, g, key_name)
+            gamma = gammas[layer] = _columns(calls, g, key_name)
         add_block(stats, (key_name, layer, "block"), gamma)
     elif task.kind in ("diag", "diagblock"):
-        add_diag(stats, (key_name, layer, "diag"), lp, X, g, gamma)
+        add_diag(stats, (key_name, layer, "diag"), calls, g, gamma)
     else:
-        add_rows(stats, key_name, lp, X, g, gamma)
+        add_rows(stats, key_name, layer, calls, g, gamma)

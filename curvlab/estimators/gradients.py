@@ -18,7 +18,7 @@ import torch
 
 from curvlab.collector.layers import LayerPlan
 
-__all__ = ["layer_gradients", "outer_form"]
+__all__ = ["column_gradients", "layer_gradients", "outer_form"]
 
 
 def _grouped(plan: LayerPlan, X: torch.Tensor, G: torch.Tensor):
@@ -57,8 +57,25 @@ def layer_gradients(plan: LayerPlan, X: torch.Tensor, G: torch.Tensor, rows: boo
     return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
 
-def outer_form(plan: LayerPlan, X: torch.Tensor) -> bool:
+def column_gradients(calls, G: torch.Tensor) -> torch.Tensor:
+    """Γ [N, K, P_l] of a recorded layer (:class:`~curvlab.collector.LayerCalls`) for its G [N, K, S, O]:
+    the adapter's own per-sample weight gradients where it has them (convolutions: one grouped
+    convolution, no unfolded patches), else :func:`layer_gradients` on the normal form."""
+    plan = calls.plan
+    fast = None
+    if plan.has_weight and len(calls.args) == 1:
+        args, kwargs, _ = calls.args[0]
+        fast = plan.adapter.weight_gradients(plan.module, args, kwargs, calls.outputs[0], G)
+    if fast is None:
+        return layer_gradients(plan, calls.X, G)
+    parts = [fast.flatten(2)]
+    if plan.has_bias:
+        parts.append(G.sum(2))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+def outer_form(plan: LayerPlan, positions: int) -> bool:
     """Whether Γ_nk = g_nk x̃_nᵀ is a single outer product (S = 1, dense, ungrouped, weight [O, I] trainable)."""
     adapter = plan.adapter
-    return (X.shape[1] == 1 and adapter.kind == "dense" and not adapter.transposed
+    return (positions == 1 and adapter.kind == "dense" and not adapter.transposed
             and adapter.groups(plan.module) == 1 and plan.has_weight)

@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import torch
 
+from curvlab.collector import LayerCalls
 from curvlab.collector.layers import LayerPlan
 from curvlab.engine.rules.gram import gram
 from curvlab.engine.statistics import BatchStatistics
-from curvlab.estimators.gradients import layer_gradients, outer_form
+from curvlab.estimators.gradients import column_gradients, outer_form
 from curvlab.guards import check_dense_allocation
 
 __all__ = ["add_block", "add_diag", "add_ekfac", "add_input_factor", "add_output_factor", "add_rows",
            "augmented", "project_inputs"]
 
 
-def _columns(plan: LayerPlan, X: torch.Tensor, G: torch.Tensor, what: str) -> torch.Tensor:
+def _columns(calls: LayerCalls, G: torch.Tensor, what: str) -> torch.Tensor:
+    plan = calls.plan
     num, cols = G.shape[:2]
-    size = sum(getattr(plan.module, n).numel() for n in plan.names)
-    check_dense_allocation((num * cols, size), G.dtype, f"{what} per-sample gradients of layer {plan.name!r}")
-    return layer_gradients(plan, X, G).reshape(num * cols, size)
+    check_dense_allocation((num * cols, plan.size), G.dtype, f"{what} per-sample gradients of layer {plan.name!r}")
+    return column_gradients(calls, G).reshape(num * cols, plan.size)
 
 
 def add_block(stats: BatchStatistics, key: tuple, gamma: torch.Tensor) -> None:
@@ -39,9 +40,10 @@ def add_block(stats: BatchStatistics, key: tuple, gamma: torch.Tensor) -> None:
     stats.sums[key] = gamma.T @ gamma
 
 
-def add_diag(stats: BatchStatistics, key: tuple, plan: LayerPlan | None, X=None, G=None, gamma=None) -> None:
+def add_diag(stats: BatchStatistics, key: tuple, calls: LayerCalls | None, G=None, gamma=None) -> None:
     """Σ γ², from per-row gradients, or from X, G without them where γ_nk is an outer product."""
-    if gamma is None and outer_form(plan, X):
+    if gamma is None and outer_form(calls.plan, G.shape[2]):
+        plan, X = calls.plan, calls.X
         g2 = G[:, :, 0].pow(2).sum(1)  # [N, O]
         parts = [(g2.T @ X[:, 0].pow(2)).flatten()]
         if plan.has_bias:
@@ -49,19 +51,20 @@ def add_diag(stats: BatchStatistics, key: tuple, plan: LayerPlan | None, X=None,
         stats.sums[key] = torch.cat(parts)
         return
     if gamma is None:
-        gamma = _columns(plan, X, G, key[0])
+        gamma = _columns(calls, G, key[0])
     stats.sums[key] = gamma.pow(2).sum(0)
 
 
-def add_rows(stats: BatchStatistics, quantity: str, plan: LayerPlan, X=None, G=None, gamma=None) -> None:
+def add_rows(stats: BatchStatistics, quantity: str, name: str, calls: LayerCalls | None, G=None,
+             gamma=None) -> None:
     """The layer's columns of the full square-root factor (outer-product form where it applies)."""
-    if gamma is None and outer_form(plan, X):
-        stats.rows[(quantity, plan.name, "S")] = G[:, :, 0].reshape(-1, G.shape[-1])
-        stats.stacked[(quantity, plan.name, "X")] = X[:, 0].clone()
+    if gamma is None and outer_form(calls.plan, G.shape[2]):
+        stats.rows[(quantity, name, "S")] = G[:, :, 0].reshape(-1, G.shape[-1])
+        stats.stacked[(quantity, name, "X")] = calls.X[:, 0].clone()
         return
     if gamma is None:
-        gamma = _columns(plan, X, G, quantity)
-    stats.rows[(quantity, plan.name, "F")] = gamma
+        gamma = _columns(calls, G, quantity)
+    stats.rows[(quantity, name, "F")] = gamma
 
 
 def augmented(plan: LayerPlan, X: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ into two tensors (S = sequence tokens, convolution patches, normalised entries; 
 ``nn.Linear`` on [N, I]):
 
 * ``inputs``  X [N, S, I]: what multiplies the weight at each position (detached);
-* ``output``  y: the live output tensor whose gradient, reshaped by ``to_normal`` to [..., N, S, O],
-  is the output-side factor G.
+* ``output``  y: the call's output, whose gradient (taken at its autograd edge, reshaped by
+  ``to_normal`` to [..., N, S, O]) is the output-side factor G.
 
 Two kinds of weight use cover every adapter:
 
@@ -68,9 +68,16 @@ class LayerAdapter:
         """g, independent blocks of a grouped weight (1 unless grouped)."""
         return 1
 
-    def inputs(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
-        """X [N, S, I], detached."""
+    def inputs(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> torch.Tensor:
+        """X [N, S, I], detached, from the call's arguments (``output``: the call's recorded output, with
+        its ``shape``)."""
         raise NotImplementedError
+
+    def weight_gradients(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any,
+                         G: torch.Tensor) -> torch.Tensor | None:
+        """Optional fast path: the per-sample, per-column weight gradients [N, K, *weight.shape] for G
+        [N, K, S, O] of one call, computed without the normal form X (``None``: use X)."""
+        return None
 
     def to_normal(self, module: nn.Module, grad: torch.Tensor, batch_dims: int) -> torch.Tensor:
         """A gradient w.r.t. the output, [*lead, N, ...] with ``batch_dims`` leading dims, as [*lead, N, S, O]."""

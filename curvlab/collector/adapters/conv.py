@@ -32,6 +32,15 @@ def _padding(module: nn.Module) -> list[int]:
     return [p for p in reversed(module.padding) for _ in range(2)]
 
 
+def _padded(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """The input padded explicitly with the module's padding and padding mode."""
+    pads = _padding(module)
+    if any(pads):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, pads, mode=mode)
+    return x
+
+
 def unfold_patches(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """X [N, S, C·∏k] of a convolution input [N, C, *spatial] (see the module docstring).
 
@@ -43,10 +52,7 @@ def unfold_patches(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
         >>> torch.allclose(y.transpose(1, 2).reshape(4, 3, 3, 3), conv(x))
         True
     """
-    pads = _padding(module)
-    if any(pads):
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, pads, mode=mode)
+    x = _padded(x, module)
     dims = len(module.kernel_size)
     if dims == 2:
         patches = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
@@ -77,5 +83,22 @@ class ConvAdapter(LayerAdapter):
     def inputs(self, module, args, kwargs, output):
         return unfold_patches(args[0].detach(), module)
 
+    def weight_gradients(self, module, args, kwargs, output, G):
+        """Γ_nk [N, K, O, C, *k] as one convolution weight gradient with the samples as groups (no
+        unfolded patches: faster and S·∏k times less memory than X). Ungrouped layers only."""
+        if module.groups != 1:
+            return None
+        x = _padded(args[0].detach(), module)
+        num, cols, _, out = G.shape
+        seeds = G.transpose(2, 3).reshape(1, num * cols * out, *output.shape[2:])
+        weight_grad = _WEIGHT_GRAD[len(module.kernel_size)](
+            x.reshape(1, -1, *x.shape[2:]), (num * cols * out, x.shape[1], *module.kernel_size), seeds,
+            stride=module.stride, dilation=module.dilation, groups=num,
+        )
+        return weight_grad.view(num, cols, out, *weight_grad.shape[1:])
+
     def to_normal(self, module, grad, batch_dims):
         return channels_first(grad, batch_dims)
+
+
+_WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}

@@ -129,15 +129,14 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
         if mask is not None:
             V = V * mask.unsqueeze(1)
         adapted = {t.layer for t in group if plans[t.layer].adapter is not None}
-        probe = state.coupled is None  # first batch: the probe rides along with the first column pass
-        if probe:
-            _column_tasks(col, state, outputs, V, [], sorted(lp.name for lp in state.layers.adapted()), plans,
-                          stats, config, basis, probe=True)
+        first = None
+        if state.coupled is None:  # first batch: the probe rides along with the first chunk of columns
+            first = _probe_and_first_chunk(col, state, outputs, V, group)
         as_rows = {t.layer for t in group if t.layer in adapted and state.coupled and t.kind in _EXACT}
         column_tasks = [t for t in group if t.layer in adapted and not (t.layer in as_rows and t.kind in _EXACT)]
         generic = sorted({t.layer for t in group if t.layer not in adapted})
-        _column_tasks(col, state, outputs, V, column_tasks, sorted({t.layer for t in column_tasks}), plans,
-                      stats, config, basis)
+        _column_tasks(col, outputs, V, column_tasks, sorted({t.layer for t in column_tasks}), plans,
+                      stats, config, basis, first)
         if as_rows or generic:
             gammas: dict[str, torch.Tensor] = {}
             params = [p for layer in generic for _, p in state.layers.parameters_of(layer)]
@@ -167,23 +166,44 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
 CHUNK_BYTES = 8 * 2**20
 
 
-def _column_tasks(col: Collector, state: RunState, outputs, V, tasks, layers, plans, stats, config, basis,
-                  probe: bool = False) -> None:
-    """Run column-mode ``tasks`` on G of ``layers``, in chunks of columns where the statistics are sums
-    over columns (everything but the full factor's rows), so that G of all layers never exists at once."""
-    if not layers:
-        return
-    if probe:  # one probe column only: decides the coupling before any statistic is computed
-        G = col.columns(outputs, _probe(outputs), layers)
-        _decide_coupling(state, {name: g[:, 0] for name, g in G.items()})
-        return
-    projected: dict[str, torch.Tensor] = {}  # EKFAC's rotated inputs, once for all chunks
+def _chunk_size(col: Collector, outputs, V, layers, exact_rows: bool) -> int:
+    """Columns per backward pass: all where a task needs them together (the full factor's rows), else
+    as many as keep G of ``layers`` under :data:`CHUNK_BYTES`."""
     per_column = sum(t.numel() for name in layers for t in col.calls[name].outputs) * outputs.element_size()
     cols = V.shape[1]
-    chunk = cols if any(t.kind == "rows" for t in tasks) else max(1, min(cols, CHUNK_BYTES // max(per_column, 1)))
-    for start in range(0, cols, chunk):
-        G = col.columns(outputs, V[:, start:start + chunk], layers)
-        if chunk == cols:
+    return cols if exact_rows else max(1, min(cols, CHUNK_BYTES // max(per_column, 1)))
+
+
+def _probe_and_first_chunk(col: Collector, state: RunState, outputs, V, group) -> dict[str, torch.Tensor] | None:
+    """One backward pass of the probe column and the first chunk of V at every adapted layer: decides
+    the coupling, and returns G of that chunk ([N, c, S, O] per layer) for the column tasks."""
+    layers = sorted(lp.name for lp in state.layers.adapted())
+    if not layers:
+        return None
+    rows = any(t.kind == "rows" for t in group)
+    chunk = _chunk_size(col, outputs, V, layers, rows) - (0 if rows else 1)  # the probe takes one column's room
+    G = col.columns(outputs, torch.cat([_probe(outputs), V[:, :chunk]], 1), layers)
+    _decide_coupling(state, {name: g[:, 0] for name, g in G.items()})
+    return {name: g[:, 1:] for name, g in G.items()} if chunk > 0 else None
+
+
+def _column_tasks(col: Collector, outputs, V, tasks, layers, plans, stats, config, basis, first=None) -> None:
+    """Run column-mode ``tasks`` on G of ``layers``, in chunks of columns where the statistics are sums
+    over columns (everything but the full factor's rows), so that G of all layers never exists at once.
+    ``first``: G of the first chunk, already computed (with the probe)."""
+    if not layers or not tasks:
+        return
+    projected: dict[str, torch.Tensor] = {}  # EKFAC's rotated inputs, once for all chunks
+    cols = V.shape[1]
+    chunk = _chunk_size(col, outputs, V, layers, any(t.kind == "rows" for t in tasks))
+    done = 0 if first is None else next(iter(first.values())).shape[1]
+    pieces = ([first] if first is not None else []) + [None] * len(range(done, cols, chunk))
+    starts = iter(range(done, cols, chunk))
+    for G in pieces:
+        if G is None:
+            start = next(starts)
+            G = col.columns(outputs, V[:, start:start + chunk], layers)
+        if len(pieces) == 1:  # every column at once: straight into the statistics
             for task in tasks:
                 _run_task(task, plans[task.layer], col, G, {}, stats, config, basis, projected)
             return

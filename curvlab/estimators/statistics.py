@@ -97,14 +97,35 @@ def add_input_factor(stats: BatchStatistics, plan: LayerPlan, X: torch.Tensor, s
         stats.input_rows[plan.name] = X.shape[0]
     else:
         stats.input_rows[plan.name] = X.shape[0] * X.shape[1]
-        flat = X.reshape(-1, X.shape[-1])
-        stats.inputs[plan.name] = _per_group(plan, lambda x: gram(x, homogeneous=bias), flat).div_(X.shape[1])
+        stats.inputs[plan.name] = _per_group(plan, lambda x: _position_gram(x, bias), X).div_(X.shape[1])
+
+
+def _position_gram(X: torch.Tensor, homogeneous: bool) -> torch.Tensor:
+    """Σ_{n,s} x̃_ns x̃_nsᵀ for X [N, S, I]. A convolution's patches (and its output gradients) are
+    transposed views of [N, I, S] tensors: there Σ_n X_nᵀ X_n as one batched product reads them in
+    place (flattening them to [N·S, I] would copy them first), when its [N, I, I] result is no larger
+    than X."""
+    num, positions, width = X.shape
+    if X.is_contiguous() or width > positions:
+        return gram(X.reshape(-1, width), homogeneous=homogeneous)
+    A = torch.bmm(X.mT, X).sum(0)
+    if not homogeneous:
+        return A
+    total = X.sum((0, 1))
+    out = A.new_empty(width + 1, width + 1)
+    out[:width, :width] = A
+    out[:width, width] = out[width, :width] = total
+    out[width, width] = num * positions
+    return out
 
 
 def add_output_factor(stats: BatchStatistics, key: tuple, plan: LayerPlan, G: torch.Tensor, sharing: str) -> None:
     """G: expand Σ_{n,k,s} g gᵀ, reduce Σ_{n,k} ĝ ĝᵀ with ĝ = Σ_s g."""
-    flat = G.sum(2) if sharing == "reduce" else G
-    stats.sums[key] = _per_group(plan, gram, flat.reshape(-1, G.shape[-1]))
+    if sharing == "reduce" or G.shape[2] == 1:
+        stats.sums[key] = _per_group(plan, gram, G.sum(2).reshape(-1, G.shape[-1]))
+    else:  # the columns lead in memory (G is a view of the backward pass's [K, N, ...] gradients)
+        rows = G.transpose(0, 1).reshape(-1, *G.shape[2:])
+        stats.sums[key] = _per_group(plan, lambda g: _position_gram(g, False), rows)
 
 
 def project_inputs(plan: LayerPlan, X: torch.Tensor, basis_in: torch.Tensor) -> list[torch.Tensor]:

@@ -60,6 +60,6 @@ def compute_collected(model: nn.Module, adapter: LossAdapter, loss_fn: nn.Module
     attrs = run_attrs(
         model, loss_fn, adapter, quantities, stats, info, params, mc_samples, partition, route="collector",
         structure=structure_note(plan.fallbacks if plan else {}, state.demoted,
-                                 state.coupled_by if state.coupled else "", weight_sharing),
+                                 state.coupled_by if state.coupled else "", weight_sharing, state.probed),
     )
     return assemble_collected(model, quantities, stats, partition, attrs, info["layers"])

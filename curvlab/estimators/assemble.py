@@ -30,13 +30,18 @@ __all__ = ["assemble_collected", "structure_note"]
 
 
 def structure_note(fallbacks: Mapping[str, str], demoted: Mapping[str, str], coupled_by: str,
-                   sharing: str) -> str:
+                   sharing: str, probed: bool = True) -> str:
     """The provenance attribute ``structure`` (JSON): what each Kronecker layer holds instead, and why."""
     note: dict[str, Any] = {"weight_sharing": sharing}
     if fallbacks:
         note["fallbacks"] = dict(fallbacks)
     if demoted:
         note["exact_route"] = dict(demoted)
+    if not coupled_by and not probed:
+        note["batch_coupled"] = (
+            "not probed: only Kronecker (or Hessian) quantities were computed, which take the per-sample "
+            "gradients of the batch loss whether or not the model's forward couples samples"
+        )
     if coupled_by:
         note["batch_coupled"] = (
             f"samples are coupled by {coupled_by}: ggn, *_block and diag_* are those of the batch function "

@@ -52,6 +52,7 @@ class RunState:
     layers: ModelLayers
     coupled: bool | None = None
     coupled_by: str = ""
+    probed: bool = False  # the coupling was probed (only exact quantities need it)
     demoted: dict[str, str] = field(default_factory=dict)
 
 
@@ -106,7 +107,7 @@ def _probe(outputs: torch.Tensor) -> torch.Tensor:
 
 
 def _decide_coupling(state: RunState, probes: Mapping[str, torch.Tensor]) -> None:
-    state.coupled = False
+    state.coupled, state.probed = False, True
     for name, g in probes.items():
         if bool(g[1:].abs().amax() > 0):
             state.coupled, state.coupled_by = True, f"the model's forward (sample 0 reaches other samples at {name!r})"
@@ -130,7 +131,9 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
             V = V * mask.unsqueeze(1)
         adapted = {t.layer for t in group if plans[t.layer].adapter is not None}
         first = None
-        if state.coupled is None:  # first batch: the probe rides along with the first chunk of columns
+        # first batch: the probe (rides along with the first chunk of columns) decides how exact quantities
+        # are computed; Kronecker factors take the columns either way, so they alone need no probe
+        if state.coupled is None and any(t.kind in _EXACT for t in group if t.layer in adapted):
             first = _probe_and_first_chunk(col, state, outputs, V, group)
         as_rows = {t.layer for t in group if t.layer in adapted and state.coupled and t.kind in _EXACT}
         column_tasks = [t for t in group if t.layer in adapted and not (t.layer in as_rows and t.kind in _EXACT)]
@@ -158,7 +161,7 @@ def batch_statistics(col: Collector, state: RunState, outputs: torch.Tensor, tar
                 if task.layer in generic or (task.layer in as_rows and task.kind in _EXACT):
                     _run_task(task, plans[task.layer], col, {}, gammas, stats, config, basis, {})
     if state.coupled is None:
-        state.coupled = False  # no factor source needed (Hessian quantities only)
+        state.coupled = False  # not probed: Kronecker or Hessian quantities only
     return stats
 
 

@@ -112,6 +112,8 @@ def test_the_result_records_what_each_layer_holds():
     assert "tied" in structure["exact_route"]["wte"] or "outside its call" in structure["exact_route"]["wte"]
     model, loss_fn, x, y = CASES[3].build(3)
     structure = _structure(compute(model, loss_fn, (x, y), ["kflr"], progress=False))
+    assert "not probed" in structure["batch_coupled"]  # Kronecker factors alone: computed alike either way
+    structure = _structure(compute(model, loss_fn, (x, y), ["kflr", "diag_ggn"], progress=False))
     assert "sample 0 reaches other samples" in structure["batch_coupled"]
 
 

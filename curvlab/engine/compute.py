@@ -123,8 +123,11 @@ def compute(
     if wants_ekfac:
         layers = {key[1] for key in stats.sums if key[0] == "kflr" and key[2] == "G"}
         factors = {layer: kronecker_factors(stats, "kflr", layer) for layer in layers}
+        # a Linear layer's input factor is a Gram matrix of one row per sample: rank ≤ N
+        bounds = {layer: stats.count for layer in layers if isinstance(model.get_submodule(layer), nn.Linear)}
         refit, _ = _run(model, adapter, data, (Quantity.EKFAC,), progress, [p for _, p in params],
-                        ekfac_factors=factors, layer_partition=info["layer_partition"], **common)
+                        ekfac_factors=factors, ekfac_rank_bounds=bounds, layer_partition=info["layer_partition"],
+                        **common)
         stats.sums.update(refit.sums)
         stats.bases = refit.bases
     attrs = run_attrs(model, loss_fn, adapter, qs, stats, info, params, mc_samples, partition)

@@ -69,6 +69,8 @@ class CurvatureHooks:
         ekfac_factors: ``{layer: (A, G)}`` KFLR factors of the data (from an earlier ``kflr`` result),
             needed for ``ekfac``: its eigenvalues are refitted in their eigenbasis (``curvlab.compute``
             makes the two passes itself).
+        ekfac_rank_bounds: ``{layer: R}``, rows behind each A (a rank bound that lets the eigenbasis of a
+            wide, rank-deficient factor skip its null space: :func:`curvlab.engine.eigenbasis.factor_eigenvectors`).
         rules: module type -> rule mapping (default :data:`curvlab.engine.rules.RULES`).
         layer_partition: ``Partition.from_model(model, "layer")`` when the caller has it already.
 
@@ -94,6 +96,7 @@ class CurvatureHooks:
         mc_samples: int = 1,
         generator: torch.Generator | None = None,
         ekfac_factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        ekfac_rank_bounds: Mapping[str, int] | None = None,
         rules: Mapping[type, ModuleRule] = RULES,
         layer_partition: Partition | None = None,
     ):
@@ -101,8 +104,9 @@ class CurvatureHooks:
         self.adapter = loss_adapter(loss_fn)
         self.quantities = parse_quantities(quantities)
         self.ekfac_factors = dict(ekfac_factors or {})
+        bounds = dict(ekfac_rank_bounds or {})
         basis = {
-            layer: (factor_eigenvectors(A), factor_eigenvectors(G))
+            layer: (factor_eigenvectors(A, bounds.get(layer)), factor_eigenvectors(G))
             for layer, (A, G) in self.ekfac_factors.items()
         }
         self.config = EngineConfig(mc_samples, generator, basis or None)

@@ -312,7 +312,7 @@ def _kfra(records, outputs, adapter: LossAdapter, stats: BatchStatistics) -> Non
         if uses_kronecker(record.rule, record):
             stats.sums[("kfra", record.name, "G")] = record.rule.kfra_output(gbar, record)
 
-    start = adapter.output_hessian(outputs).sum(0)  # Σ_n H_n, unscaled
+    start = adapter.output_hessian_sum(outputs)  # Σ_n H_n, unscaled
     _propagate(records, start, lambda r, g: r.rule.kfra_backprop(r, g), visit)
 
 

@@ -83,6 +83,10 @@ class LossAdapter(ABC):
     def output_hessian(self, outputs: torch.Tensor) -> torch.Tensor:
         """H_n = ∂²ℓ_n/∂f_n², [N, C, C], unscaled."""
 
+    def output_hessian_sum(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Σ_n H_n, [C, C], unscaled (KFRA's start). The closed forms never build [N, C, C]; this default does."""
+        return self.output_hessian(outputs).sum(0)
+
     def output_hessian_product(self, outputs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """H_n u_n per sample, [N, C], unscaled, for ``u`` [N, C] (C = flattened output size).
 

@@ -42,6 +42,10 @@ class BCEWithLogitsAdapter(LossAdapter):
         s = outputs.flatten(1).sigmoid()
         return torch.diag_embed(s * (1 - s))
 
+    def output_hessian_sum(self, outputs):
+        s = outputs.flatten(1).sigmoid()
+        return torch.diag((s * (1 - s)).sum(0))
+
     def output_hessian_product(self, outputs, u):
         s = outputs.flatten(1).sigmoid()
         return s * (1 - s) * u

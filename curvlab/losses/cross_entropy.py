@@ -133,6 +133,13 @@ class CrossEntropyAdapter(LossAdapter):
         outer = torch.einsum("nat,nbt,tu->natbu", p, p, eye_t).reshape(n, c * t, c * t)
         return torch.diag_embed(p.flatten(1)) - outer
 
+    def output_hessian_sum(self, outputs):
+        p = self._positions(outputs).softmax(1)  # [N, C, T]
+        c, t = p.shape[1:]
+        outer = torch.einsum("nat,nbt->atb", p, p)  # Σ_n p pᵀ per position, block-diagonal over positions
+        full = torch.diag_embed(outer.permute(0, 2, 1)).permute(0, 2, 1, 3)  # [C, T, C, T], zero across positions
+        return torch.diag(p.sum(0).flatten()) - full.reshape(c * t, c * t)
+
     def output_hessian_product(self, outputs, u):
         p = self._positions(outputs).softmax(1)  # [N, C, T]
         pu = p * u.reshape(p.shape)

@@ -83,6 +83,7 @@ def test_output_gradient_and_hessian_match_autograd(loss_fn):
         torch.testing.assert_close(grads[n], grad_n)
         hess_n = autograd_hessian(lambda f, n=n: sample_loss(loss_fn, f, targets[n]), outputs[n])
         torch.testing.assert_close(hessians[n], hess_n)
+    torch.testing.assert_close(adapter.output_hessian_sum(outputs), hessians.sum(0))  # closed form vs [N, C, C]
 
 
 @pytest.mark.parametrize("factory", [nn.MSELoss, lambda: nn.BCEWithLogitsLoss(reduction="sum")])
@@ -338,3 +339,4 @@ def test_cross_entropy_on_positions_matches_autograd(shape, reduction):
     assert torch.allclose(root @ root.transpose(1, 2), per_sample)
     u = torch.randn(n, c, dtype=torch.float64)
     assert torch.allclose(adapter.output_hessian_product(f, u), (per_sample @ u[..., None])[..., 0])
+    assert torch.allclose(adapter.output_hessian_sum(f), per_sample.sum(0))

@@ -139,16 +139,26 @@ class ModuleRule:
     def kfra_backprop(self, record: Record, gbar: torch.Tensor) -> torch.Tensor:
         """E_n[J_nᵀ Ḡ J_n]: [Do, Do] -> [Di, Di] (no second-derivative terms, as in KFRA)."""
         if self.input_independent_jacobian:
-            record = _first_sample(record)
+            record = _samples(record, 0, 1)
         num, features = record.inputs.shape[0], record.inputs[0].numel()
-        check_dense_allocation((num, features, features), gbar.dtype, f"kfra per-sample J_nᵀ Ḡ J_n of layer {record.name!r}")
-        expanded = gbar.expand(num, *gbar.shape)
-        return self.sandwich(record, expanded).mean(0)
+        chunk = max(1, min(num, KFRA_CHUNK_ENTRIES // (features * features)))  # samples per sandwich
+        check_dense_allocation((chunk, features, features), gbar.dtype,
+                               f"kfra per-sample J_nᵀ Ḡ J_n of layer {record.name!r}")
+        total = None
+        for start in range(0, num, chunk):
+            part = _samples(record, start, start + chunk)
+            summed = self.sandwich(part, gbar.expand(part.inputs.shape[0], *gbar.shape)).sum(0)
+            total = summed if total is None else total.add_(summed)
+        return total.div_(num)
 
 
-def _first_sample(record: Record) -> Record:
-    return Record(record.name, record.module, record.rule, record.inputs[:1], record.outputs[:1],
-                  None if record.grad is None else record.grad[:1])
+#: entries of the per-sample [c, Di, Di] sandwiches :meth:`ModuleRule.kfra_backprop` holds at once
+KFRA_CHUNK_ENTRIES = 2**25
+
+
+def _samples(record: Record, start: int, stop: int) -> Record:
+    return Record(record.name, record.module, record.rule, record.inputs[start:stop], record.outputs[start:stop],
+                  None if record.grad is None else record.grad[start:stop])
 
 
 class ParameterRule(ModuleRule):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from curvlab.engine.rules.base import ModuleRule, Record
 from curvlab.errors import UnsupportedModuleError
+from curvlab.guards import check_dense_allocation
 
 __all__ = ["FlattenRule", "IdentityRule", "PoolingRule"]
 
@@ -77,3 +79,24 @@ class PoolingRule(ModuleRule):
             record.cache[key] = torch.func.vjp(record.module.forward, record.inputs)[1]
         vjp_fn = record.cache[key]
         return torch.func.vmap(lambda v: vjp_fn(v)[0], in_dims=1, out_dims=1)(factor)
+
+    def kfra_backprop(self, record: Record, gbar: torch.Tensor) -> torch.Tensor:
+        """E_n[J_nᵀ Ḡ J_n]. Max pooling selects inputs, y_o = x_{π_n(o)}, so J_nᵀ Ḡ J_n adds Ḡ[o, o'] at
+        (π_n(o), π_n(o')): scatter-adds of Ḡ (Do² per sample), never a per-sample [Di, Di] sandwich."""
+        module = record.module
+        if not isinstance(module, nn.MaxPool2d) or record.inputs.dim() != 4:
+            return super().kfra_backprop(record, gbar)
+        _, index = F.max_pool2d(record.inputs, module.kernel_size, module.stride, module.padding, module.dilation,
+                                module.ceil_mode, return_indices=True)
+        num, channels = record.inputs.shape[:2]
+        plane, features = record.inputs[0, 0].numel(), record.inputs[0].numel()
+        offsets = torch.arange(channels, device=index.device).view(1, channels, 1, 1) * plane
+        selected = (index + offsets).reshape(num, -1)  # [N, Do]: the input each output copies
+        check_dense_allocation((features, features), gbar.dtype, f"kfra E_n[J_nᵀ Ḡ J_n] of layer {record.name!r}")
+        out = gbar.new_zeros(features * features)
+        chunk = max(1, (1 << 22) // gbar.numel())
+        for start in range(0, num, chunk):
+            rows = selected[start:start + chunk]
+            flat = (rows[:, :, None] * features + rows[:, None, :]).reshape(-1)
+            out.index_add_(0, flat, gbar.expand(rows.shape[0], *gbar.shape).reshape(-1))
+        return out.view(features, features).div_(num)

@@ -24,6 +24,7 @@ import torch
 from curvlab.engine.fx_check import ModelGraph
 from curvlab.engine.quantities import Form, Quantity, Source
 from curvlab.engine.rules import ParameterRule, Record
+from curvlab.engine.rules.gram import gram
 from curvlab.guards import check_dense_allocation
 from curvlab.losses import CrossEntropyAdapter, LossAdapter
 
@@ -230,6 +231,9 @@ def batch_statistics(
             for record in records:
                 if has_trainable(record):
                     _visit_factor(record, record.grad.unsqueeze(1), qs, config, stats)
+        elif (source is Source.GGN and graph is None and Source.KFRA not in by_source and qs
+              and all(q is Quantity.KFLR for q in qs) and adapter.shared_sqrt_hessian(outputs) is not None):
+            _kflr_shared(records, adapter.shared_sqrt_hessian(outputs), outputs, qs, config, stats)
         elif source in (Source.GGN, Source.MC):
             # fewer columns only where the statistics are sums Σ_k v_k v_kᵀ (not the full factor's rows)
             start = _output_factor(source, adapter, outputs, config, all(q.form is not Form.FULL for q in qs))
@@ -243,6 +247,55 @@ def batch_statistics(
             if has_trainable(record) and uses_kronecker(record.rule, record):
                 stats.inputs[record.name] = record.rule.kron_input(record)[0]
     return stats
+
+
+def _kflr_shared(records, sqrt: torch.Tensor, outputs: torch.Tensor, quantities, config, stats) -> None:
+    """KFLR for a loss whose square root S is the same for every sample (MSE: √2 I).
+
+    The factor is kept as V_nk = r_k ⊙ s_n — rows r [K, *features] shared by the batch, times a
+    per-sample scale s [N, *features] (``None``: 1) — through modules with input-independent Jacobian
+    rows (Linear: r ← r W, once for the batch) and elementwise modules (s ← s ⊙ σ'), and materialised
+    [N, K, *features] only where neither applies. The output factor of a layer in this form is
+    Σ_nk v vᵀ = (Σ_k r rᵀ) ⊙ (Σ_n s sᵀ): two Gram matrices instead of one of N·K rows. On an
+    autoencoder with 784 outputs this skips the propagation through the last layers.
+    """
+    num = outputs.shape[0]
+    rows = sqrt.T.reshape(sqrt.shape[1], *outputs.shape[1:])
+    scale, factor = None, None
+    first = next(i for i, r in enumerate(records) if has_trainable(r))
+    for i in range(len(records) - 1, first - 1, -1):
+        record, rule = records[i], records[i].rule
+        if has_trainable(record):
+            if factor is None and uses_kronecker(rule, record) and record.outputs.dim() == 2:
+                kron = gram(rows.flatten(1))
+                kron = kron * num if scale is None else kron * gram(scale.flatten(1))
+                for q in quantities:
+                    stats.sums[(q.value, record.name, "G")] = kron
+            else:
+                factor = factor if factor is not None else _materialise(record, rows, scale, num)
+                _visit_factor(record, factor, quantities, config, stats)
+        if i == first:
+            break
+        if factor is not None:
+            factor = rule.backprop(record, factor)
+            continue
+        shared = rule.shared_jacobian_rows(record) if scale is None else None
+        if shared is not None:  # r ← r J for the whole batch
+            rows = (rows.flatten(1) @ shared.flatten(1)).reshape(rows.shape[0], *record.in_shape)
+            continue
+        passed = rule.backprop_scaled_rows(
+            record, rows, scale if scale is not None else rows.new_ones(num, *rows.shape[1:]))
+        if passed is not None:
+            rows, scale = passed
+        else:
+            factor = rule.backprop(record, _materialise(record, rows, scale, num))
+
+
+def _materialise(record: Record, rows: torch.Tensor, scale: torch.Tensor | None, num: int) -> torch.Tensor:
+    check_dense_allocation((num, *rows.shape), rows.dtype, f"kflr square-root factor at layer {record.name!r}")
+    if scale is None:
+        return rows.unsqueeze(0).expand(num, *rows.shape).contiguous()
+    return rows.unsqueeze(0) * scale.unsqueeze(1)
 
 
 def _check_block(record: Record, dtype: torch.dtype, quantity: str) -> None:

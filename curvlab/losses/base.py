@@ -83,6 +83,11 @@ class LossAdapter(ABC):
     def output_hessian(self, outputs: torch.Tensor) -> torch.Tensor:
         """H_n = ∂²ℓ_n/∂f_n², [N, C, C], unscaled."""
 
+    def shared_sqrt_hessian(self, outputs: torch.Tensor) -> torch.Tensor | None:
+        """S [C, K] when every sample has the same square root S_n = S (``None`` otherwise): the
+        engine then propagates its columns once for the whole batch as far as the model allows."""
+        return None
+
     def output_hessian_sum(self, outputs: torch.Tensor) -> torch.Tensor:
         """Σ_n H_n, [C, C], unscaled (KFRA's start). The closed forms never build [N, C, C]; this default does."""
         return self.output_hessian(outputs).sum(0)

@@ -30,6 +30,10 @@ class MSEAdapter(LossAdapter):
         eye = torch.eye(c, dtype=outputs.dtype, device=outputs.device)
         return (2 * eye).expand(n, c, c).clone()
 
+    def shared_sqrt_hessian(self, outputs):
+        c = self.num_outputs(outputs)
+        return 2**0.5 * torch.eye(c, dtype=outputs.dtype, device=outputs.device)
+
     def output_hessian_sum(self, outputs):
         c = self.num_outputs(outputs)
         return 2.0 * outputs.shape[0] * torch.eye(c, dtype=outputs.dtype, device=outputs.device)

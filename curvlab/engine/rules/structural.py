@@ -74,11 +74,36 @@ class PoolingRule(ModuleRule):
             )
 
     def backprop(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
+        if self._non_overlapping_max(record):  # Jᵀ v puts v at each window's argmax: one unpooling
+            index = self._max_indices(record)
+            num, cols = factor.shape[:2]
+            flat = factor.reshape(num * cols, *record.out_shape)
+            spread = index.unsqueeze(1).expand(num, cols, *index.shape[1:]).reshape(flat.shape)
+            result = F.max_unpool2d(flat, spread, record.module.kernel_size, record.module.stride,
+                                    output_size=record.in_shape[-2:])
+            return result.reshape(num, cols, *record.in_shape)
         key = ("vjp", record.inputs.shape[0])
         if key not in record.cache:
             record.cache[key] = torch.func.vjp(record.module.forward, record.inputs)[1]
         vjp_fn = record.cache[key]
         return torch.func.vmap(lambda v: vjp_fn(v)[0], in_dims=1, out_dims=1)(factor)
+
+    @staticmethod
+    def _non_overlapping_max(record: Record) -> bool:
+        m = record.module
+        if not isinstance(m, nn.MaxPool2d) or record.inputs.dim() != 4:
+            return False
+        pair = nn.modules.utils._pair
+        return (pair(m.kernel_size) == pair(m.stride if m.stride is not None else m.kernel_size)
+                and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode)
+
+    @staticmethod
+    def _max_indices(record: Record) -> torch.Tensor:
+        if "max_indices" not in record.cache:
+            m = record.module
+            record.cache["max_indices"] = F.max_pool2d(record.inputs, m.kernel_size, m.stride, m.padding, m.dilation,
+                                                       m.ceil_mode, return_indices=True)[1]
+        return record.cache["max_indices"]
 
     def kfra_backprop(self, record: Record, gbar: torch.Tensor) -> torch.Tensor:
         """E_n[J_nᵀ Ḡ J_n]. Max pooling selects inputs, y_o = x_{π_n(o)}, so J_nᵀ Ḡ J_n adds Ḡ[o, o'] at
@@ -86,8 +111,7 @@ class PoolingRule(ModuleRule):
         module = record.module
         if not isinstance(module, nn.MaxPool2d) or record.inputs.dim() != 4:
             return super().kfra_backprop(record, gbar)
-        _, index = F.max_pool2d(record.inputs, module.kernel_size, module.stride, module.padding, module.dilation,
-                                module.ceil_mode, return_indices=True)
+        index = self._max_indices(record)
         num, channels = record.inputs.shape[:2]
         plane, features = record.inputs[0, 0].numel(), record.inputs[0].numel()
         offsets = torch.arange(channels, device=index.device).view(1, channels, 1, 1) * plane

@@ -21,3 +21,18 @@ def test_max_pool_kfra_equals_the_per_sample_sandwich(pool):
     fast = rule.kfra_backprop(record, gbar)
     generic = ModuleRule.kfra_backprop(rule, Record("pool", pool, rule, x, y), gbar)
     torch.testing.assert_close(fast, generic, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d((2, 3)), nn.MaxPool2d(3, stride=2, padding=1)],
+                         ids=["2x2", "2x3", "overlapping (the vjp route)"])
+def test_max_pool_backprop_equals_autograd(pool):
+    torch.manual_seed(1)
+    x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
+    y = pool(x)
+    factor = torch.randn(4, 3, *y.shape[1:], dtype=torch.float64)
+    rule = PoolingRule(linear=False)
+    ours = rule.backprop(Record("pool", pool, rule, x, y), factor)
+    xr = x.clone().requires_grad_(True)
+    out = pool(xr)
+    expected = torch.stack([torch.autograd.grad(out, xr, factor[:, k], retain_graph=True)[0] for k in range(3)], 1)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)

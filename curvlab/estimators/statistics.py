@@ -18,7 +18,7 @@ import torch
 
 from curvlab.collector import LayerCalls
 from curvlab.collector.layers import LayerPlan
-from curvlab.engine.rules.gram import gram
+from curvlab.engine.rules.gram import gram, homogeneous_gram
 from curvlab.engine.statistics import BatchStatistics
 from curvlab.estimators.gradients import column_gradients, outer_form
 from curvlab.guards import check_dense_allocation
@@ -109,14 +109,7 @@ def _position_gram(X: torch.Tensor, homogeneous: bool) -> torch.Tensor:
     if X.is_contiguous() or width > positions:
         return gram(X.reshape(-1, width), homogeneous=homogeneous)
     A = torch.bmm(X.mT, X).sum(0)
-    if not homogeneous:
-        return A
-    total = X.sum((0, 1))
-    out = A.new_empty(width + 1, width + 1)
-    out[:width, :width] = A
-    out[:width, width] = out[width, :width] = total
-    out[width, width] = num * positions
-    return out
+    return homogeneous_gram(A, X.sum((0, 1)), num * positions) if homogeneous else A
 
 
 def add_output_factor(stats: BatchStatistics, key: tuple, plan: LayerPlan, G: torch.Tensor, sharing: str) -> None:

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from curvlab.collector.adapters.base import LayerAdapter, channels_first
 
-__all__ = ["ConvAdapter", "unfold_patches"]
+__all__ = ["ConvAdapter", "sample_weight_gradients", "unfold_patches"]
 
 
 def _padding(module: nn.Module) -> list[int]:
@@ -39,6 +39,28 @@ def _padded(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x = F.pad(x, pads, mode=mode)
     return x
+
+
+def sample_weight_gradients(x: torch.Tensor, seeds: torch.Tensor, module: nn.Module, padding) -> torch.Tensor:
+    """Per-sample, per-column weight gradients [N, K, O, C, *k] of an ungrouped convolution: input x
+    [N, C, *spatial], output-side seeds [N, K, O, *spatial_out]. One weight gradient of a convolution
+    with the samples as groups: the products of Σ_s g_s x_sᵀ on unfolded patches, without the patches.
+
+    Example:
+        >>> conv = nn.Conv2d(2, 3, 3, padding=1).double()
+        >>> x, g = torch.randn(4, 2, 5, 5, dtype=torch.float64), torch.randn(4, 1, 3, 5, 5, dtype=torch.float64)
+        >>> per_sample = sample_weight_gradients(x, g, conv, conv.padding)
+        >>> y = conv(x.requires_grad_(False))
+        >>> total = torch.autograd.grad(y, conv.weight, g[:, 0])[0]
+        >>> torch.allclose(per_sample.sum((0, 1)), total)
+        True
+    """
+    num, cols, out = seeds.shape[:3]
+    weight_grad = _WEIGHT_GRAD[len(module.kernel_size)]
+    grads = weight_grad(x.reshape(1, -1, *x.shape[2:]), (num * cols * out, x.shape[1], *module.kernel_size),
+                        seeds.reshape(1, num * cols * out, *seeds.shape[3:]), stride=module.stride, padding=padding,
+                        dilation=module.dilation, groups=num)
+    return grads.view(num, cols, out, *grads.shape[1:])
 
 
 def unfold_patches(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -88,14 +110,8 @@ class ConvAdapter(LayerAdapter):
         unfolded patches: faster and S·∏k times less memory than X). Ungrouped layers only."""
         if module.groups != 1:
             return None
-        x = _padded(args[0].detach(), module)
-        num, cols, _, out = G.shape
-        seeds = G.transpose(2, 3).reshape(1, num * cols * out, *output.shape[2:])
-        weight_grad = _WEIGHT_GRAD[len(module.kernel_size)](
-            x.reshape(1, -1, *x.shape[2:]), (num * cols * out, x.shape[1], *module.kernel_size), seeds,
-            stride=module.stride, dilation=module.dilation, groups=num,
-        )
-        return weight_grad.view(num, cols, out, *weight_grad.shape[1:])
+        seeds = G.transpose(2, 3).reshape(*G.shape[:2], G.shape[3], *output.shape[2:])  # [N, K, O, *spatial]
+        return sample_weight_gradients(_padded(args[0].detach(), module), seeds, module, 0)
 
     def to_normal(self, module, grad, batch_dims):
         return channels_first(grad, batch_dims)

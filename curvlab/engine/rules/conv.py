@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from curvlab.collector.adapters.conv import sample_weight_gradients
 from curvlab.engine.rules.base import ParameterRule, Record
 from curvlab.errors import UnsupportedModuleError
 
@@ -87,22 +88,10 @@ class ConvRule(ParameterRule):
         parts = []
         names = self.trainable(record.module)
         if "weight" in names:
-            parts.append(self._weight_gradients(record, factor).flatten(2))
+            parts.append(sample_weight_gradients(record.inputs, factor, record.module, record.module.padding).flatten(2))
         if "bias" in names:
             parts.append(flat.sum(-1))
         return torch.cat(parts, dim=2)
-
-    def _weight_gradients(self, record: Record, factor: torch.Tensor) -> torch.Tensor:
-        """Σ_l g_nkl x_nlᵀ [N, K, O, J] as one weight gradient of a convolution with the samples as
-        groups (no unfolded patches; the same products as ``einsum("nkol,njl->nkoj")``)."""
-        m = record.module
-        num, cols, out = factor.shape[:3]
-        x = record.inputs
-        weight_grad = torch.nn.grad.conv1d_weight if isinstance(m, nn.Conv1d) else torch.nn.grad.conv2d_weight
-        seeds = factor.reshape(1, num * cols * out, *factor.shape[3:])
-        grads = weight_grad(x.reshape(1, -1, *x.shape[2:]), (num * cols * out, x.shape[1], *m.kernel_size), seeds,
-                            stride=m.stride, padding=m.padding, dilation=m.dilation, groups=num)
-        return grads.view(num, cols, out, -1)
 
     def kron_input(self, record: Record) -> tuple[torch.Tensor, int]:
         x = self._augmented(record)

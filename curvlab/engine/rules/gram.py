@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gram"]
+__all__ = ["gram", "homogeneous_gram"]
 
 #: columns per block: products of [128, N]·[N, ≥128] keep the BLAS kernels efficient.
 BLOCK = 128
@@ -43,8 +43,28 @@ def gram(x: torch.Tensor, homogeneous: bool = False) -> torch.Tensor:
         out[lo:hi, lo:width] = x[:, lo:hi].T @ x[:, lo:]
         out[hi:width, lo:hi] = out[lo:hi, hi:width].T
     if homogeneous:
-        total = x.sum(0)
-        out[width, :width] = total
-        out[:width, width] = total
-        out[width, width] = num
+        _fill_homogeneous(out, x.sum(0), num)
+    return out
+
+
+def homogeneous_gram(A: torch.Tensor, total: torch.Tensor, count: int) -> torch.Tensor:
+    """X̃ᵀX̃ [I+1, I+1] from XᵀX = ``A``, Σ_n x_n = ``total`` and N = ``count``.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        >>> homogeneous_gram(x.T @ x, x.sum(0), 2).tolist()
+        [[10.0, 14.0, 4.0], [14.0, 20.0, 6.0], [4.0, 6.0, 2.0]]
+    """
+    width = A.shape[0]
+    out = A.new_empty(width + 1, width + 1)
+    out[:width, :width] = A
+    return _fill_homogeneous(out, total, count)
+
+
+def _fill_homogeneous(out: torch.Tensor, total: torch.Tensor, count: int) -> torch.Tensor:
+    """The last row and column of X̃ᵀX̃: Σ_n x_n, and N in the corner."""
+    width = out.shape[0] - 1
+    out[width, :width] = total
+    out[:width, width] = total
+    out[width, width] = count
     return out

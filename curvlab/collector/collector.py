@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
-from torch.overrides import TorchFunctionMode
 
 from curvlab.collector.adapters import ADAPTERS, LayerAdapter
 from curvlab.collector.layers import LayerPlan, ModelLayers, plan_layers
+from curvlab.collector.use_watch import UseWatch
 from curvlab.guards import check_backward_hooks
 
 __all__ = ["Collector", "LayerCalls"]
@@ -117,29 +117,6 @@ def _exact_kernels():
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
-class _UseWatch(TorchFunctionMode):
-    """Flags adapted parameters that a torch function receives outside their own module's call
-    (``F.linear(x, self.embed.weight)``: tied or functional use the normal form would miss)."""
-
-    def __init__(self, owners: dict[int, str], delegates: dict[str, set[str]]):
-        super().__init__()
-        self.owners = owners
-        self.delegates = delegates  # {layer: layers whose parameters its own forward may use}
-        self.stack: list[str] = []
-        self.outside: dict[str, str] = {}
-        self.paused = False
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if not self.paused:
-            for arg in (*args, *kwargs.values()):
-                owner = self.owners.get(id(arg)) if isinstance(arg, nn.Parameter) else None
-                inside = self.stack and (self.stack[-1] == owner or owner in self.delegates.get(self.stack[-1], ()))
-                if owner is not None and not inside:
-                    self.outside.setdefault(owner, getattr(func, "__name__", str(func)))
-        return func(*args, **kwargs)
-
-
 class Collector:
     """Record adapted layers' normal forms and push factor seeds back through the real model.
 
@@ -175,7 +152,7 @@ class Collector:
             for n in plan.names:
                 owners[id(getattr(plan.module, n))] = plan.name
             delegates[plan.name] = {f"{plan.name}.{child}" for child in plan.adapter.delegates(plan.module)}
-        self._watch = _UseWatch(owners, delegates)
+        self._watch = UseWatch(owners, delegates)
 
     @property
     def used_outside(self) -> dict[str, str]:

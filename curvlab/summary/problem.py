@@ -47,8 +47,12 @@ class SummaryMethod(enum.Enum):
     or two more backward passes per group (``double_backward``).
     """
 
-    AUTO = "auto"  #: ``layered`` where the model allows it, else ``double_backward`` (cheaper than ``functional``)
-    LAYERED = "layered"  #: forward tangents and one adjoint pass through an nn.Sequential (cheapest)
+    #: ``layered`` on the chains its stage form takes, else ``double_backward`` (as fast as the hook form on
+    #: convolutional networks, see ``benchmarks/summary.py``, and cheaper than ``functional``)
+    AUTO = "auto"
+    #: no weight-gradient products: forward tangents and one adjoint pass through an nn.Sequential (cheapest),
+    #: or on any other model the directions injected at the layers' outputs (:mod:`curvlab.summary.layer_hooks`)
+    LAYERED = "layered"
     FUNCTIONAL = "functional"  #: torch.func forward-over-reverse in η, vmapped over S (any model)
     DOUBLE_BACKWARD = "double_backward"  #: S double-backward HVPs, as GroupedNewton's code (reference)
 

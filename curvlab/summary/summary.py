@@ -10,8 +10,10 @@ restricted to group s in column s, and φ(η) = L(θ + Uη). The GroupedNewton s
 (Wolinski, *GroupedNewton*). With the trivial partition H̄ is the scalar uᵀHu (Cauchy's steepest
 descent); with ``"entries"`` and u = 1, H̄ = H (Newton's method).
 
-Routes (:class:`SummaryMethod`), all exact: ``layered`` (forward tangents + one adjoint pass, for
-``nn.Sequential`` of affine and parameter-free layers; the default where it applies),
+Routes (:class:`SummaryMethod`), all exact: ``layered`` (no weight-gradient products: on an
+``nn.Sequential`` of affine and parameter-free layers forward tangents + one adjoint pass, the default
+there; on any other model the directions injected at the adapted layers' outputs by forward hooks,
+:mod:`curvlab.summary.layer_hooks`),
 ``double_backward`` (S double-backward HVPs as GroupedNewton's code; the reference, and the default
 elsewhere) and ``functional`` (torch.func forward-over-reverse vmapped over the S directions; any
 model, but every direction is propagated densely, so it is the slowest on wide networks).
@@ -27,13 +29,13 @@ from torch.func import functional_call, grad
 
 from curvlab.autodiff import exact_kernels, stateless_copy
 from curvlab.data import Data, iter_batches
-from curvlab.errors import UnsupportedModuleError
 from curvlab.guards import check_dense_allocation, check_finite
 from curvlab.losses import LossAdapter, loss_adapter
 from curvlab.partition import Partition, PartitionSpec, trainable_parameters
 from curvlab.provenance import provenance
 from curvlab.summary.double_backward import double_backward_terms
 from curvlab.summary.functional import functional_terms
+from curvlab.summary.layer_hooks import HookedRoute
 from curvlab.summary.layered import layered_terms, unsupported_reason
 from curvlab.summary.problem import SummaryCurvature, SummaryMethod, SummaryProblem, check_model
 from curvlab.summary.result import GroupedNewtonSummary
@@ -42,10 +44,19 @@ from curvlab.summary.terms import TermsSum
 __all__ = ["gradient_direction", "grouped_newton_summary"]
 
 _ROUTES = {
-    SummaryMethod.LAYERED: layered_terms,
     SummaryMethod.FUNCTIONAL: functional_terms,
     SummaryMethod.DOUBLE_BACKWARD: double_backward_terms,
 }
+
+
+def _route(method: SummaryMethod, problem: SummaryProblem):
+    """``(batch → BatchTerms, form)``: the layered route's stage form where the model is a chain it takes,
+    else its hook form (state shared across batches); the other routes as they are."""
+    if method is not SummaryMethod.LAYERED:
+        return (lambda inputs, targets: _ROUTES[method](problem, inputs, targets)), None
+    if unsupported_reason(problem) is None:
+        return (lambda inputs, targets: layered_terms(problem, inputs, targets)), "stages"
+    return HookedRoute(problem), "hooks"
 
 
 def grouped_newton_summary(
@@ -79,8 +90,8 @@ def grouped_newton_summary(
         :class:`GroupedNewtonSummary` in the parameters' dtype, with provenance attributes.
 
     Raises:
-        UnsupportedModuleError: ``method="layered"`` on a model it cannot take (the message says why),
-            or a batch-norm layer in training mode.
+        UnsupportedModuleError: a model the summary cannot evaluate (train-mode dropout, mixed dtypes,
+            backward hooks; the message names the module).
         ValueError: a bad ``order``, ``curvature``, ``method`` or ``direction`` shape.
         MemoryBudgetError: H̄ [S, S] would exceed the memory budget (checked before any pass).
 
@@ -113,17 +124,15 @@ def grouped_newton_summary(
         batches = [_cast(b, ref) for b in batches]
         direction = gradient_direction(model, adapter, batches)
     problem = SummaryProblem.build(model, adapter, part, direction, curvature, order)
-    if method is SummaryMethod.AUTO:
+    if method is SummaryMethod.AUTO:  # the measured fastest (benchmarks/summary.py)
         layered = unsupported_reason(problem) is None
         method = SummaryMethod.LAYERED if layered else SummaryMethod.DOUBLE_BACKWARD
-    elif method is SummaryMethod.LAYERED and (reason := unsupported_reason(problem)) is not None:
-        raise UnsupportedModuleError(f"method='layered' cannot take this model: {reason}; use 'double_backward' or 'functional'")
-    route = _ROUTES[method]
+    route, form = _route(method, problem)
     acc = TermsSum(adapter.reduction)
     samples = 0
     for batch in batches:
         inputs, targets = _cast(batch, ref)
-        acc.add(route(problem, inputs, targets))
+        acc.add(route(inputs, targets))
         samples += inputs.shape[0]
     gbar, hbar, d3 = acc.result()
     check_finite(gbar, "gbar")
@@ -134,6 +143,10 @@ def grouped_newton_summary(
         "partition": part.kind, "curvature": curvature.value, "order": order, "method": method.value,
         "direction": "given" if given else "gradient", "batches": acc.batches,
     }
+    if form is not None:
+        config["layered_form"] = form
+    if isinstance(route, HookedRoute) and route.demoted:
+        config["directly_perturbed"] = dict(route.demoted)
     attrs = provenance(model=model, loss_fn=adapter.loss_fn, batch_size=samples, dtype=ref.dtype, config=config)
     return GroupedNewtonSummary(gbar, hbar, d3, part, curvature, attrs)
 

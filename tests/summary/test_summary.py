@@ -26,9 +26,8 @@ BY_NAME = {c.name: c for c in CASES}
 
 
 def _methods(model, kind):
-    """The routes that take this model and partition (layered: Sequential and whole tensors)."""
-    layered = isinstance(model, nn.Sequential) and kind != "entries"
-    return [m for m in METHODS if layered or m != "layered"]
+    """Every route takes every model and partition (layered: its stage form on chains, hooks elsewhere)."""
+    return list(METHODS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -211,8 +210,6 @@ def test_bad_arguments_raise_clear_errors():
         grouped_newton_summary(model, loss_fn, (x, y), direction=torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"direction\[0\].*'inner.0.weight'"):
         grouped_newton_summary(model, loss_fn, (x, y), direction=[torch.zeros(2)] * 6)
-    with pytest.raises(UnsupportedModuleError, match="not an nn.Sequential"):
-        grouped_newton_summary(model, loss_fn, (x, y), method="layered")
     with pytest.raises(ValueError, match="'hessians' is not a valid SummaryCurvature"):
         grouped_newton_summary(model, loss_fn, (x, y), curvature="hessians")
     with pytest.raises(PartitionError, match="unknown partition kind"):
@@ -223,12 +220,6 @@ def test_bad_arguments_raise_clear_errors():
     dropout = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)).double()
     with pytest.raises(UnsupportedModuleError, match=r"1 \(Dropout\) in training mode"):
         grouped_newton_summary(dropout, loss_fn, (x, y))
-    bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).double()
-    with pytest.raises(UnsupportedModuleError, match=r"1 \(BatchNorm in training mode\) couples"):
-        grouped_newton_summary(bn, loss_fn, (x, y), method="layered")
-    seq = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)).double()
-    with pytest.raises(UnsupportedModuleError, match="LayerNorm has trainable parameters but is not affine"):
-        grouped_newton_summary(seq, loss_fn, (x, y), method="layered")
 
 
 def test_summary_feeds_the_step_solver():

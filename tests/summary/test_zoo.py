@@ -41,7 +41,7 @@ def test_summaries_on_the_zoo(zoo):
     H = reference.hessian(model, loss_fn, x, y)
     G = reference.ggn(model, loss_fn, x, y)
     d3 = {}
-    for method in ("auto", "double_backward", "functional"):
+    for method in ("auto", "layered", "double_backward", "functional"):
         s = grouped_newton_summary(model, loss_fn, (x, y), direction=u, method=method)
         close(s.gbar, U.T @ g)
         close(s.hbar, U.T @ H @ U)
@@ -52,6 +52,7 @@ def test_summaries_on_the_zoo(zoo):
         close(ggn.hbar, U.T @ G @ U)
     close(d3["functional"], d3["double_backward"])
     close(d3["auto"], d3["double_backward"])
+    close(d3["layered"], d3["double_backward"])
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 

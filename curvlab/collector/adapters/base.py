@@ -64,6 +64,22 @@ class LayerAdapter:
         Raise :class:`~curvlab.errors.UnsupportedModuleError` for a call it cannot replay."""
         raise NotImplementedError
 
+    def linear_in_parameters(self, module: nn.Module) -> bool:
+        """Whether the call's output is linear in the adapted parameters jointly, y(x; θ + v) =
+        y(x; θ) + y(x; v): true of the "dense" and "elementwise" forms (a replaying adapter says no)."""
+        return not self.replays
+
+    def parameter_output(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: torch.Tensor,
+                         name: str, value: torch.Tensor) -> torch.Tensor:
+        """y(x; v), shaped like ``output`` or broadcastable to it: the call on its (live) arguments with the parameter ``name``
+        set to ``value`` and the other adapted parameters to zero. Where :meth:`linear_in_parameters`,
+        this is exactly how the output moves when ``name`` moves by ``value``. The default calls the
+        module through ``torch.func.functional_call``; adapters override it with a cheaper form."""
+        from torch.func import functional_call  # noqa: PLC0415
+
+        values = {n: value if n == name else torch.zeros_like(getattr(module, n)) for n in self.parameter_names(module)}
+        return functional_call(module, values, args, kwargs)
+
     def groups(self, module: nn.Module) -> int:
         """g, independent blocks of a grouped weight (1 unless grouped)."""
         return 1

@@ -113,6 +113,11 @@ class ConvAdapter(LayerAdapter):
         seeds = G.transpose(2, 3).reshape(*G.shape[:2], G.shape[3], *output.shape[2:])  # [N, K, O, *spatial]
         return sample_weight_gradients(_padded(args[0].detach(), module), seeds, module, 0)
 
+    def parameter_output(self, module, args, kwargs, output, name, value):
+        if name == "weight":
+            return module._conv_forward(args[0], value, None)
+        return value.reshape(-1, *[1] * (output.ndim - 2))
+
     def to_normal(self, module, grad, batch_dims):
         return channels_first(grad, batch_dims)
 

@@ -27,6 +27,9 @@ class EmbeddingAdapter(LayerAdapter):
     def parameter_names(self, module):
         return ("weight",)
 
+    def linear_in_parameters(self, module):
+        return module.max_norm is None
+
     def inputs(self, module, args, kwargs, output):
         if module.max_norm is not None:
             raise UnsupportedModuleError(

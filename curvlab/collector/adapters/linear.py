@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch import nn
+from torch.nn import functional as F
 
 from curvlab.collector.adapters.base import LayerAdapter, tokens_last
 
@@ -18,6 +19,9 @@ class LinearAdapter(LayerAdapter):
     def inputs(self, module, args, kwargs, output):
         x = args[0].detach()
         return x.reshape(x.shape[0], -1, x.shape[-1])
+
+    def parameter_output(self, module, args, kwargs, output, name, value):
+        return F.linear(args[0], value) if name == "weight" else value
 
     def to_normal(self, module, grad, batch_dims):
         return tokens_last(grad, batch_dims, module.out_features)

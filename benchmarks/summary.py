@@ -4,6 +4,9 @@ Problem (Wolinski's MNIST setting): MLP 784-1024-200-100-10 with tanh, cross-ent
 partition (S = 8 groups), batch 1000, float32, direction = the gradient. Data: random MNIST-shaped
 inputs, or the first ``--batch`` images of ``--mnist PATH`` (e.g. ``../shared/data/mnist-5k-labeled.npz``).
 
+``--model cnn`` / ``resnet`` take the engine benchmark's problems d and e instead (their own batch of 64):
+on the ResNet, which is not a chain, ``layered`` runs its hook form.
+
 The reference is GroupedNewton's own route (``method="double_backward"``: S double-backward HVPs,
 row i differentiated only w.r.t. groups j >= i); ``--full-hvps`` adds the unpruned variant (S HVPs
 w.r.t. all parameters) as a second baseline. For each order (2: ḡ, H̄; 3: also D³) every method
@@ -13,7 +16,7 @@ hit them alike; the reported ratio is the median over repetitions of time(method
 Both wall time and the process's CPU time are recorded. The script also checks that the methods agree.
 
 Usage:
-    python benchmarks/summary.py [--batch 1000] [--repeats 5] [--threads 1] [--orders 2,3]
+    python benchmarks/summary.py [--model mlp|cnn|resnet] [--batch 1000] [--repeats 5] [--threads 1] [--orders 2,3]
                                  [--methods layered,functional] [--full-hvps] [--mnist PATH]
                                  [--json OUT] [--quick]
 """
@@ -78,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--full-hvps", action="store_true",
                    help=f"also time S unpruned double-backward HVPs ({FULL_HVPS}, order 2)")
+    p.add_argument("--model", default="mlp", choices=("mlp", "cnn", "resnet"),
+                   help="mlp: the MNIST MLP below; cnn / resnet: engine problems d / e (CIFAR CNN, CIFAR ResNet)")
     p.add_argument("--quick", action="store_true", help="tiny MLP 64-32-16-10, batch 64, 1 repeat (smoke test)")
     args = p.parse_args(argv)
     args.orders = [int(o) for o in args.orders.split(",")]
@@ -92,6 +97,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build(args) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
     torch.manual_seed(0)
+    if args.model != "mlp":
+        from benchmarks._problems import build_problem  # noqa: PLC0415
+
+        problem = build_problem({"cnn": "d", "resnet": "e"}[args.model], quick=args.quick)
+        return problem.model, problem.inputs, problem.targets, problem.description
     if args.quick:
         return mlp(64, (32, 16), 10), torch.randn(args.batch, 64), torch.randint(0, 10, (args.batch,)), "random"
     model = mlp(784, (1024, 200, 100), 10, "tanh")
@@ -129,8 +139,9 @@ def run(args) -> dict:
     methods = [REFERENCE, *args.methods]
     report = {
         "meta": {
-            "model": "MLP 64-32-16-10 tanh" if args.quick else "MLP 784-1024-200-100-10 tanh",
-            "batch": args.batch, "data": source, "dtype": "float32", "partition": "canonical",
+            "model": source if args.model != "mlp" else
+            ("MLP 64-32-16-10 tanh" if args.quick else "MLP 784-1024-200-100-10 tanh"),
+            "batch": int(x.shape[0]), "data": source, "dtype": "float32", "partition": "canonical",
             "threads": torch.get_num_threads(), "repeats": args.repeats, "torch": torch.__version__,
         },
         "orders": [],

@@ -35,7 +35,7 @@ from curvlab.summary import layer_rules as rules
 from curvlab.summary.problem import SummaryCurvature, SummaryProblem
 from curvlab.summary.terms import BatchTerms
 
-__all__ = ["Stage", "layered_stages", "layered_terms", "unsupported_reason"]
+__all__ = ["Stage", "generic_stages", "layered_stages", "layered_terms", "unsupported_reason"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,25 @@ def unsupported_reason(problem: SummaryProblem) -> str | None:
         if stage.own and not (isinstance(stage.module, rules.AFFINE_LAYERS) and roles <= {"weight", "bias"}):
             return f"stage {type(stage.module).__qualname__} has trainable parameters but is not affine"
     return None
+
+
+def generic_stages(problem: SummaryProblem) -> list[str]:
+    """Type names of the parameter-free stages without a closed-form rule (they take ``torch.func``:
+    cheap for first-order tangents, but three nested ``jvp`` per group for order 3).
+
+    Example:
+        >>> from torch import nn
+        >>> from curvlab.losses import loss_adapter
+        >>> from curvlab.partition import Partition
+        >>> from curvlab.summary.problem import SummaryCurvature, SummaryProblem
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3, 1)).double()
+        >>> part = Partition.from_model(model)
+        >>> u = torch.ones(part.num_params, dtype=torch.float64)
+        >>> generic_stages(SummaryProblem.build(model, loss_adapter(nn.MSELoss()), part, u, SummaryCurvature.HESSIAN, 3))
+        ['Flatten']
+    """
+    return [type(s.module).__name__ for s in layered_stages(problem)
+            if not s.own and type(s.module) not in rules.ELEMENTWISE_RULES]
 
 
 @dataclass

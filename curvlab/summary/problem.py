@@ -47,7 +47,8 @@ class SummaryMethod(enum.Enum):
     or two more backward passes per group (``double_backward``).
     """
 
-    #: ``layered`` on the chains its stage form takes, else ``double_backward`` (as fast as the hook form on
+    #: ``layered`` on the chains its stage form takes (for order 3: with closed-form rules for every
+    #: parameter-free stage), else ``double_backward`` (as fast as the hook form on
     #: convolutional networks, see ``benchmarks/summary.py``, and cheaper than ``functional``)
     AUTO = "auto"
     #: no weight-gradient products: forward tangents and one adjoint pass through an nn.Sequential (cheapest),

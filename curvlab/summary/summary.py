@@ -36,7 +36,7 @@ from curvlab.provenance import provenance
 from curvlab.summary.double_backward import double_backward_terms
 from curvlab.summary.functional import functional_terms
 from curvlab.summary.layer_hooks import HookedRoute
-from curvlab.summary.layered import layered_terms, unsupported_reason
+from curvlab.summary.layered import generic_stages, layered_terms, unsupported_reason
 from curvlab.summary.problem import SummaryCurvature, SummaryMethod, SummaryProblem, check_model
 from curvlab.summary.result import GroupedNewtonSummary
 from curvlab.summary.terms import TermsSum
@@ -125,7 +125,7 @@ def grouped_newton_summary(
         direction = gradient_direction(model, adapter, batches)
     problem = SummaryProblem.build(model, adapter, part, direction, curvature, order)
     if method is SummaryMethod.AUTO:  # the measured fastest (benchmarks/summary.py)
-        layered = unsupported_reason(problem) is None
+        layered = unsupported_reason(problem) is None and not (order == 3 and generic_stages(problem))
         method = SummaryMethod.LAYERED if layered else SummaryMethod.DOUBLE_BACKWARD
     route, form = _route(method, problem)
     acc = TermsSum(adapter.reduction)

@@ -30,3 +30,17 @@ def test_summary_benchmark_runs_quick(tmp_path):
             assert row["hbar_rel_diff"] < 1e-5
             assert row["d3_rel_diff"] is None or row["d3_rel_diff"] < 1e-4
     assert "ratio wall" in proc.stdout and "threads=1" in proc.stdout
+
+
+def test_summary_benchmark_runs_the_hook_form_on_the_resnet(tmp_path):
+    out = tmp_path / "resnet.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "summary.py"), "--quick", "--model", "resnet", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert "ResNet" in report["meta"]["model"] and report["meta"]["batch"] == 4
+    for block in report["orders"]:
+        rows = {r["method"]: r for r in block["rows"]}
+        assert rows["layered"]["hbar_rel_diff"] < 1e-5

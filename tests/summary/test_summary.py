@@ -200,6 +200,11 @@ def test_auto_picks_layered_where_possible():
     cfg = grouped_newton_summary(model, loss_fn, (x, y), order=2, partition="entries").attrs["config"]
     assert '"method": "double_backward"' in cfg
     assert SummaryMethod("double_backward") is SummaryMethod.DOUBLE_BACKWARD
+    pooled = nn.Sequential(nn.Linear(x.shape[1], 4), nn.Tanh(), nn.Unflatten(1, (1, 4)), nn.MaxPool1d(2), nn.Flatten(),
+                           nn.Linear(2, y.shape[1])).double()  # stages without closed-form jets: order 3 by double backward
+    for order, method in ((2, "layered"), (3, "double_backward")):
+        s = grouped_newton_summary(pooled, loss_fn, (x, y), order=order)
+        assert f'"method": "{method}"' in s.attrs["config"]
 
 
 def test_bad_arguments_raise_clear_errors():

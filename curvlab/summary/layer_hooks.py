@@ -1,19 +1,22 @@
-"""The layered route on any model: each layer's direction injected at its output, derivatives in η.
+"""The layered route on any model: dense layers' directions injected at their outputs, derivatives in η.
 
-For a layer whose call is linear in its parameters (every collector adapter except attention's
-replay: ``nn.Linear`` on [N, *, I], convolutions with any groups, ``nn.Embedding``, the affine
-parameters of the norms, BatchNorm in train mode included), moving the parameters along U changes
-each call's output exactly:
+A dense layer (``nn.Linear`` on [N, *, I], convolutions with any groups, ``nn.Embedding``: every
+collector adapter of the "dense" kind whose call is linear in its parameters) changes each call's
+output exactly when its weight moves along u_W:
 
-    y(x; θ + Uη) = y(x; θ) + Σ_p η_{g(p)} y(x; u_p),
+    y(x; W + η_g u_W) = y(x; W) + η_g A(x, u_W),
 
-where x is the call's live input (itself a function of η) and y(x; u_p) is the call with parameter p
-set to u_p and the layer's other parameters to zero (:meth:`LayerAdapter.parameter_output`, e.g.
-``F.linear(x, u_W)``). A forward hook adds that term, so φ(η) = L(θ + Uη) is evaluated with the
-layers' own parameters held fixed. Every other trainable parameter (attention, recurrent cells,
-modules without an adapter, parameters a torch function receives outside their layer's call: see
-:class:`~curvlab.collector.use_watch.UseWatch`) enters as θ_p + u_p η_{g(p)} through
-``functional_call``. φ is the same function of η either way, so all its derivatives are exact.
+where x is the call's live input (itself a function of η) and A(x, u_W) is the call with the weight
+set to u_W and no bias (:meth:`LayerAdapter.parameter_output`, e.g. ``F.linear(x, u_W)``). A forward
+hook adds η_g A(x, u_W), so the weight itself is held fixed and ∂/∂η_g needs no weight-gradient
+product. Where that pays: for a layer whose input is η-free (the first layer: no input gradient
+through A(·, u_W) either) and for ``nn.Linear``. A convolution deeper in the network would pay the
+saved weight gradient again as an input gradient through A(·, u_W), so on the first batch it is moved
+to direct perturbation, and the forward is redone once. Every other trainable parameter (biases,
+norms, attention, recurrent cells, modules without an adapter, weights that a torch function receives
+outside their layer's call, see :class:`~curvlab.collector.use_watch.UseWatch`) enters as
+θ_p + u_p η_{g(p)} through ``functional_call``. φ(η) = L(θ + Uη) is the same function of η either way,
+so all its derivatives are exact.
 
 Then by plain autograd (exact for every op, in-place ones included; no forward-mode transform):
 
@@ -45,10 +48,10 @@ __all__ = ["HookedRoute"]
 
 @dataclass(frozen=True)
 class _Layer:
-    """An injected layer and its trainable parameters as ``(attribute, problem index)`` pairs."""
+    """An injected layer: its plan and its weight's problem index."""
 
     plan: LayerPlan
-    params: tuple[tuple[str, int], ...]
+    weight: int
 
 
 class HookedRoute:
@@ -94,7 +97,7 @@ class HookedRoute:
                 continue
             k = index[f"{plan.name}.{plan.adapter.weight_name}"]
             if isinstance(problem.groups[k], int):
-                self.layers[plan.name] = _Layer(plan, ((plan.adapter.weight_name, k),))
+                self.layers[plan.name] = _Layer(plan, k)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> BatchTerms:
         problem = self.problem
@@ -127,7 +130,7 @@ class HookedRoute:
         redone without any layer the watch finds used outside its call."""
         while True:
             watch = UseWatch(
-                {id(self.problem.params[k]): name for name, layer in self.layers.items() for _, k in layer.params}, {}
+                {id(self.problem.params[layer.weight]): name for name, layer in self.layers.items()}, {}
             )
             costly: set[str] = set()
             out = self._evaluate(inputs, leaves, watch, costly)
@@ -144,7 +147,7 @@ class HookedRoute:
                   costly: set[str]) -> torch.Tensor:
         problem = self.problem
         eta = torch.stack(leaves)
-        injected = {k for layer in self.layers.values() for _, k in layer.params}
+        injected = {layer.weight for layer in self.layers.values()}
         params = {}
         for k, (name, p, u, g) in enumerate(zip(problem.names, problem.params, problem.directions, problem.groups,
                                                 strict=True)):
@@ -193,8 +196,7 @@ def _inject(watch: UseWatch, name: str, layer: _Layer, problem: SummaryProblem, 
             costly: set[str]):
     """The forward hook adding η_g A(x, u_W) to the call's output (x: the call's input)."""
     adapter, module = layer.plan.adapter, layer.plan.module
-    ((attr, k),) = layer.params
-    g, u = problem.groups[k], problem.directions[k]
+    attr, g, u = adapter.weight_name, problem.groups[layer.weight], problem.directions[layer.weight]
 
     def hook(module_, args, kwargs, output):
         if watch.paused:  # the hook's own calls of the module (parameter_output's default)

@@ -83,7 +83,8 @@ def layered_stages(problem: SummaryProblem) -> list[Stage]:
 
 
 def unsupported_reason(problem: SummaryProblem) -> str | None:
-    """Why the layered route cannot take ``problem`` (``None`` if it can).
+    """Why the layered route's stage form cannot take ``problem`` (``None`` if it can; the hook form,
+    :mod:`curvlab.summary.layer_hooks`, takes every model).
 
     Example:
         >>> from torch import nn

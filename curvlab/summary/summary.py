@@ -12,7 +12,7 @@ descent); with ``"entries"`` and u = 1, H̄ = H (Newton's method).
 
 Routes (:class:`SummaryMethod`), all exact: ``layered`` (no weight-gradient products: on an
 ``nn.Sequential`` of affine and parameter-free layers forward tangents + one adjoint pass, the default
-there; on any other model the directions injected at the adapted layers' outputs by forward hooks,
+there; on any other model the dense layers' directions injected at their outputs by forward hooks,
 :mod:`curvlab.summary.layer_hooks`),
 ``double_backward`` (S double-backward HVPs as GroupedNewton's code; the reference, and the default
 elsewhere) and ``functional`` (torch.func forward-over-reverse vmapped over the S directions; any

@@ -211,6 +211,18 @@ class TinyGPT(nn.Module):
 
 
 # ----------------------------------------------------------------------------- others
+class TiedLM(nn.Module):
+    """GPT-2 style tied embedding / output weights (the weight is also used by F.linear)."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(5, 4)
+        self.mix = nn.Linear(4, 4)
+
+    def forward(self, tokens):
+        return F.linear(torch.tanh(self.mix(self.wte(tokens))), self.wte.weight).transpose(1, 2)
+
+
 class RecurrentClassifier(nn.Module):
     """An LSTM or GRU over [N, T, D] features, classified from the last time step."""
 

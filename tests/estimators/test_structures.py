@@ -13,6 +13,7 @@ from torch import nn
 from curvlab import compute, reference
 from curvlab.engine.result import model_partition
 from tests.cases import Case
+from tests.zoo import TiedLM
 
 
 class ConvVariants(nn.Module):
@@ -42,18 +43,6 @@ class Attention(nn.Module):
         h = self.embed(tokens)
         out, _ = self.attn(h, h, h, need_weights=False)
         return self.head(out.mean(1))
-
-
-class TiedLM(nn.Module):
-    """GPT-2 style tied embedding / output weights (the weight is also used by F.linear)."""
-
-    def __init__(self):
-        super().__init__()
-        self.wte = nn.Embedding(5, 4)
-        self.mix = nn.Linear(4, 4)
-
-    def forward(self, tokens):
-        return nn.functional.linear(torch.tanh(self.mix(self.wte(tokens))), self.wte.weight).transpose(1, 2)
 
 
 class Centered(nn.Module):

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from curvlab import grouped_newton_summary
 from curvlab.losses import loss_adapter
@@ -17,22 +16,9 @@ from curvlab.reference import ggn, gradient, hessian
 from curvlab.summary.layer_hooks import HookedRoute
 from curvlab.summary.problem import SummaryCurvature, SummaryProblem
 from tests.summary.helpers import dense_u
-from tests.zoo import zoo_case
+from tests.zoo import TiedLM, zoo_case
 
 F64 = torch.float64
-
-
-class TiedHead(nn.Module):
-    """An embedding whose weight the head also uses functionally (GPT-style weight tying)."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(7, 4)
-        self.mix = nn.Linear(4, 4)
-
-    def forward(self, idx):
-        h = torch.tanh(self.mix(self.embed(idx))).mean(1)
-        return F.linear(h, self.embed.weight)
 
 
 def _problem(model, loss_fn, kind="canonical", curvature="hessian", order=3, seed=0):
@@ -67,17 +53,17 @@ def test_attention_and_its_output_projection_are_perturbed_directly():
 
 def test_a_weight_used_outside_its_layer_is_not_injected():
     torch.manual_seed(0)
-    model = TiedHead().double()
-    x, y = torch.randint(0, 7, (5, 3)), torch.randint(0, 7, (5,))
+    model = TiedLM().double()  # the head is F.linear(h, wte.weight)
+    x, y = torch.randint(0, 5, (5, 3)), torch.randint(0, 5, (5, 3))
     problem, u = _problem(model, nn.CrossEntropyLoss())
     route = HookedRoute(problem)
     terms = route(x, y)
-    assert "used outside its call (by linear)" in route.demoted["embed"]
+    assert "used outside its call (by linear)" in route.demoted["wte"]
     U = dense_u(problem.partition, u)
     torch.testing.assert_close(terms.hbar, U.T @ hessian(model, nn.CrossEntropyLoss(), x, y) @ U,
                                rtol=1e-9, atol=1e-12)
     s = grouped_newton_summary(model, nn.CrossEntropyLoss(), (x, y), direction=u, method="layered")
-    assert "embed" in json.loads(s.attrs["config"])["directly_perturbed"]
+    assert "wte" in json.loads(s.attrs["config"])["directly_perturbed"]
 
 
 def test_d3_and_ggn_agree_with_the_reference_route_on_a_gpt():

@@ -71,10 +71,11 @@ class LayerAdapter:
 
     def parameter_output(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: torch.Tensor,
                          name: str, value: torch.Tensor) -> torch.Tensor:
-        """y(x; v), shaped like ``output`` or broadcastable to it: the call on its (live) arguments with the parameter ``name``
+        """y(x; v), shaped like ``output``: the call on its (live) arguments with the parameter ``name``
         set to ``value`` and the other adapted parameters to zero. Where :meth:`linear_in_parameters`,
         this is exactly how the output moves when ``name`` moves by ``value``. The default calls the
-        module through ``torch.func.functional_call``; adapters override it with a cheaper form."""
+        module through ``torch.func.functional_call``; Linear and convolutions override the weight's with
+        one product (the layered summary's hook form injects it, :mod:`curvlab.summary.layer_hooks`)."""
         from torch.func import functional_call  # noqa: PLC0415
 
         values = {n: value if n == name else torch.zeros_like(getattr(module, n)) for n in self.parameter_names(module)}

@@ -116,7 +116,7 @@ class ConvAdapter(LayerAdapter):
     def parameter_output(self, module, args, kwargs, output, name, value):
         if name == "weight":
             return module._conv_forward(args[0], value, None)
-        return value.reshape(-1, *[1] * (output.ndim - 2))
+        return super().parameter_output(module, args, kwargs, output, name, value)
 
     def to_normal(self, module, grad, batch_dims):
         return channels_first(grad, batch_dims)

@@ -21,7 +21,9 @@ class LinearAdapter(LayerAdapter):
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
     def parameter_output(self, module, args, kwargs, output, name, value):
-        return F.linear(args[0], value) if name == "weight" else value
+        if name == "weight":
+            return F.linear(args[0], value)
+        return super().parameter_output(module, args, kwargs, output, name, value)
 
     def to_normal(self, module, grad, batch_dims):
         return tokens_last(grad, batch_dims, module.out_features)

@@ -23,11 +23,6 @@ class _NormAdapter(LayerAdapter):
         return tuple(n for n in ("weight", "bias") if getattr(module, n, None) is not None)
 
 
-    def parameter_output(self, module, args, kwargs, output, name, value):
-        if name == "bias":  # β broadcast over the positions
-            return value if isinstance(module, nn.LayerNorm) else value.reshape(-1, *[1] * (output.ndim - 2))
-        return super().parameter_output(module, args, kwargs, output, name, value)
-
 
 class LayerNormAdapter(_NormAdapter):
     """x̂ normalised over the trailing ``normalized_shape``; S = all leading positions."""
